@@ -1,0 +1,56 @@
+"""Acquisition heuristics as pure functions of MC probabilities ``[N, C, ..., T]``.
+
+Per-sample scorers (higher = more worth labelling): ``bald``, ``entropy``, ``margin``,
+``least_confidence``, ``variation_ratio``, ``mean_std``, ``random``; ``HEURISTICS`` maps their
+names to them. Selection: ``top_k``; stochastic batch acquisition ``power_sampling``,
+``softmax_sampling``, ``softrank_sampling`` and the composed ``power_bald``, ``power_entropy``,
+``softmax_bald``, ``softrank_bald``; ``batch_bald`` and ``joint_mutual_information``.
+Numpy in -> numpy out, torch in -> torch out (same device).
+"""
+
+from al_lib.heuristics.batch_bald import batch_bald, joint_mutual_information
+from al_lib.heuristics.scores import (
+    bald,
+    entropy,
+    least_confidence,
+    margin,
+    mean_std,
+    random,
+    variation_ratio,
+)
+from al_lib.heuristics.selection import (
+    power_bald,
+    power_entropy,
+    power_sampling,
+    softmax_bald,
+    softmax_sampling,
+    softrank_bald,
+    softrank_sampling,
+    top_k,
+)
+
+HEURISTICS = {
+    f.__name__: f
+    for f in (bald, entropy, margin, least_confidence, variation_ratio, mean_std, random)
+}
+
+__all__ = [
+    "HEURISTICS",
+    "bald",
+    "batch_bald",
+    "entropy",
+    "joint_mutual_information",
+    "least_confidence",
+    "margin",
+    "mean_std",
+    "power_bald",
+    "power_entropy",
+    "power_sampling",
+    "random",
+    "softmax_bald",
+    "softmax_sampling",
+    "softrank_bald",
+    "softrank_sampling",
+    "top_k",
+    "variation_ratio",
+]

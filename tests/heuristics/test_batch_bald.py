@@ -1,0 +1,172 @@
+"""BatchBALD against brute-force enumeration of joint mutual information."""
+
+import importlib
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import al_lib.heuristics as H
+# The package re-exports a function of the same name, so fetch the module itself.
+bb = importlib.import_module("al_lib.heuristics.batch_bald")
+from al_lib.seeding import torch_generator
+from tests.heuristics.test_scores import random_probs
+
+FAST = settings(max_examples=30, deadline=None)
+
+
+def brute_force_joint_mi(probs, indices):
+    """I(y_S; w) by looping over every label configuration of S (independent of the library)."""
+    c, t = probs.shape[1], probs.shape[2]
+    joint_entropy = 0.0
+    for labels in itertools.product(range(c), repeat=len(indices)):
+        per_w = np.ones(t)
+        for i, y in zip(indices, labels):
+            per_w = per_w * probs[i, y]
+        p = per_w.mean()
+        joint_entropy -= p * math.log(p) if p > 0 else 0.0
+    log_p = np.log(np.where(probs > 0, probs, 1))
+    expected = sum(-(probs[i] * log_p[i]).sum(0).mean() for i in indices)
+    return joint_entropy - expected
+
+
+@st.composite
+def tiny_problems(draw):
+    n = draw(st.integers(2, 6))
+    c = draw(st.integers(1, 3))
+    t = draw(st.integers(1, 8))
+    kind = draw(st.sampled_from(["dirichlet", "sharp", "mixed"]))
+    probs = random_probs(np.random.default_rng(draw(st.integers(0, 2**32 - 1))), (n, c, t), kind)
+    return probs, draw(st.integers(1, min(3, n)))
+
+
+def _two_class(probs):
+    return np.concatenate([1 - probs, probs], axis=1) if probs.shape[1] == 1 else probs
+
+
+# --- joint mutual information --------------------------------------------------------------------
+
+
+@FAST
+@given(problem=tiny_problems(), data=st.data())
+def test_joint_mi_matches_brute_force(problem, data):
+    probs, k = problem
+    indices = data.draw(st.lists(st.integers(0, len(probs) - 1), min_size=0, max_size=k))
+    got = H.joint_mutual_information(probs, indices)
+    assert got == pytest.approx(brute_force_joint_mi(_two_class(probs), indices), abs=1e-10)
+    assert -1e-10 <= got <= math.log(probs.shape[-1]) + 1e-10  # I(y_S; w) <= H(w) = log T
+
+
+def test_joint_mi_of_one_sample_is_bald_and_order_free():
+    probs = random_probs(np.random.default_rng(0), (6, 3, 5))
+    bald = H.bald(probs)
+    for i in range(6):
+        assert H.joint_mutual_information(probs, [i]) == pytest.approx(bald[i], abs=1e-12)
+    a = H.joint_mutual_information(probs, [0, 3, 5])
+    reordered = H.joint_mutual_information(torch.from_numpy(probs), [5, 0, 3])
+    assert reordered == pytest.approx(a, abs=1e-12)
+    assert H.joint_mutual_information(probs, []) == 0.0
+    with pytest.raises(ValueError, match="max_configs"):
+        H.joint_mutual_information(probs, [0, 1, 2], max_configs=26)
+    with pytest.raises(IndexError):
+        H.joint_mutual_information(probs, [6])
+
+
+# --- greedy selection ------------------------------------------------------------------------
+
+
+@FAST
+@given(problem=tiny_problems())
+def test_each_greedy_step_maximises_brute_force_joint_mi(problem):
+    probs, k = problem
+    selected = H.batch_bald(probs, k, seed=0).tolist()
+    two = _two_class(probs)
+    for step in range(k):
+        before = selected[:step]
+        candidates = [i for i in range(len(probs)) if i not in before]
+        mi = {i: brute_force_joint_mi(two, before + [i]) for i in candidates}
+        assert mi[selected[step]] >= max(mi.values()) - 1e-9
+    assert len(set(selected)) == k
+
+
+@FAST
+@given(problem=tiny_problems(), kind=st.sampled_from(["numpy", "float64", "float32"]))
+def test_k1_is_top_bald(problem, kind):
+    probs, _ = problem
+    given_probs = {
+        "numpy": probs,
+        "float64": torch.from_numpy(probs),
+        "float32": torch.from_numpy(probs).float(),
+    }[kind]
+    np.testing.assert_array_equal(
+        np.asarray(H.batch_bald(given_probs, 1)), np.asarray(H.top_k(H.bald(given_probs), 1))
+    )
+
+
+def test_duplicates_are_not_acquired_twice():
+    # A splits the T=4 weight samples into {1,2} | {3,4}; B into {1,3} | {2,4}, a little softer.
+    a = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    b = np.array([[0.95, 0.05, 0.95, 0.05], [0.05, 0.95, 0.05, 0.95]])
+    flat = np.full((2, 4), 0.5)
+    probs = np.stack([flat, a, a, b, a, flat])
+    np.testing.assert_array_equal(H.top_k(H.bald(probs), 2), [1, 2])  # top-k takes the copy
+    np.testing.assert_array_equal(H.batch_bald(probs, 2), [1, 3])  # BatchBALD does not
+
+
+def test_ties_go_to_the_lower_index_and_all_can_be_taken():
+    probs = np.tile(random_probs(np.random.default_rng(0), (1, 3, 4)), (5, 1, 1))
+    np.testing.assert_array_equal(H.batch_bald(probs, 5), [0, 1, 2, 3, 4])
+    constant = np.full((4, 2, 3), 0.5)
+    np.testing.assert_array_equal(H.batch_bald(constant, 3), [0, 1, 2])
+
+
+def test_array_kinds_and_validation():
+    probs = random_probs(np.random.default_rng(0), (10, 1, 6))  # binary, sigmoid output
+    out = H.batch_bald(probs, 3)
+    assert isinstance(out, np.ndarray) and out.dtype == np.int64
+    np.testing.assert_array_equal(out, H.batch_bald(_two_class(probs), 3))
+    t = H.batch_bald(torch.from_numpy(probs).float(), 3, device="cpu")
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.device.type == "cpu"
+    assert H.batch_bald(probs, 0).shape == (0,)
+    onehot = random_probs(np.random.default_rng(1), (6, 3, 4), "onehot")
+    assert H.batch_bald(onehot, 6).shape == (6,)
+    with pytest.raises(ValueError, match="k must be"):
+        H.batch_bald(probs, 11)
+    with pytest.raises(ValueError, match=r"\[N, C, T\]"):
+        H.batch_bald(np.full((4, 2, 3, 5), 0.5), 1)
+
+
+# --- exact vs sampled estimation, memory chunks ----------------------------------------------
+
+
+def test_sampled_conditional_entropy_approximates_exact():
+    probs = torch.from_numpy(random_probs(np.random.default_rng(3), (12, 3, 8)))
+    selected, candidates = [0, 4, 7], torch.arange(12)
+    exact_configs = bb._exact_configs(bb._enumerate(probs, selected))
+    exact = bb._conditional_entropies(exact_configs, probs, candidates)
+    sampled_configs = bb._sampled_configs(probs, selected, 20_000, torch_generator(0))
+    sampled = bb._conditional_entropies(sampled_configs, probs, candidates)
+    np.testing.assert_allclose(sampled.numpy(), exact.numpy(), atol=0.02)
+
+
+def test_forced_sampling_matches_exact_selection_quality():
+    probs = random_probs(np.random.default_rng(4), (40, 3, 8), "sharp")
+    exact = H.batch_bald(probs, 4)
+    sampled = H.batch_bald(probs, 4, max_exact_configs=1, num_samples=5000, seed=0)
+    again = H.batch_bald(probs, 4, max_exact_configs=1, num_samples=5000, seed=0)
+    np.testing.assert_array_equal(sampled, again)  # seeded
+    mi_exact = H.joint_mutual_information(probs, exact)
+    assert H.joint_mutual_information(probs, sampled) >= mi_exact - 0.02
+
+
+def test_chunking_does_not_change_the_result(monkeypatch):
+    probs = random_probs(np.random.default_rng(5), (30, 3, 6))
+    expected = H.batch_bald(probs, 4)
+    mi = H.joint_mutual_information(probs, expected)
+    monkeypatch.setattr(bb, "_WORK_BYTES", 2048)  # a few candidates / configurations per chunk
+    np.testing.assert_array_equal(H.batch_bald(probs, 4), expected)
+    assert H.joint_mutual_information(probs, expected) == pytest.approx(mi, abs=1e-12)

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from al_lib.data import load_digits
+from al_lib.loop import NoisyOracle, simulate
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    ds = load_digits(flatten=True)
+    perm = np.random.default_rng(0).permutation(len(ds))
+    return Subset(ds, perm[500:]), Subset(ds, perm[:500])
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10))
+
+
+FAST_FIT = dict(max_epochs=60, val_fraction=0, lr=3e-3, batch_size=32)
+
+
+def run(split, strategy, seed, **kw):
+    pool, test = split
+    torch.manual_seed(seed)  # model init; simulate's own randomness comes from `seed`
+    args = dict(initial_labels=20, query_size=10, rounds=8, iterations=20, fit_kwargs=FAST_FIT, seed=seed, progress=False)
+    args.update(kw)
+    return simulate(pool, mlp, test_set=test, strategy=strategy, **args)
+
+
+def test_bald_beats_random_at_the_same_label_budget(digits_split):
+    """Gal et al. 2017's finding, on real digits, averaged over seeds with a margin."""
+    seeds = range(6)
+    bald = np.array([run(digits_split, "bald", s).accuracy.values for s in seeds])
+    rand = np.array([run(digits_split, "random", s).accuracy.values for s in seeds])
+    half = bald.shape[1] // 2
+    assert bald[:, half:].mean() >= rand[:, half:].mean() + 0.01, (bald.mean(0), rand.mean(0))
+
+
+def test_rows_budget_and_determinism(digits_split):
+    a = run(digits_split, "entropy", 3, rounds=3, pool_subsample=200)
+    b = run(digits_split, "entropy", 3, rounds=3, pool_subsample=200)
+    assert a.n_labelled.tolist() == [20, 30, 40]
+    assert a.queried_ids.tolist() == b.queried_ids.tolist()
+    assert a.queried_ids.iloc[-1] == []  # the last round only trains and evaluates
+    pd_cols = {"round", "n_labelled", "accuracy", "nll", "ece", "macro_f1", "seconds_train", "seconds_score"}
+    assert pd_cols <= set(a.columns)
+    queried = [i for ids in a.queried_ids for i in ids]
+    assert len(queried) == len(set(queried)) == 20
+
+
+def test_label_noise_is_counted(digits_split):
+    df = run(digits_split, "random", 0, rounds=3, label_noise=0.5)
+    assert 10 <= df.n_noisy_labels.iloc[-1] <= 30  # ~half of 40 labels
+
+
+def test_noisy_oracle_flips_to_a_wrong_class_at_the_given_rate():
+    targets = np.arange(10).repeat(1000)
+    oracle = NoisyOracle(targets, 10, noise=0.3, seed=0)
+    answers = oracle(np.arange(len(targets)))
+    flipped = answers != targets
+    assert abs(flipped.mean() - 0.3) < 0.02
+    assert oracle.n_flipped == flipped.sum()
+    # Wrong answers are spread over the 9 other classes.
+    counts = np.bincount((answers[flipped] - targets[flipped]) % 10, minlength=10)
+    assert counts[0] == 0 and counts[1:].min() > 0.7 * counts[1:].mean()
+    assert (NoisyOracle(targets, 10, noise=0.0, seed=0)(np.arange(50)) == targets[:50]).all()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        NoisyOracle(targets, 10, noise=1.5)

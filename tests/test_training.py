@@ -1,0 +1,207 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+from al_lib import metrics
+from al_lib.models import build_model
+from al_lib.training import FitResult, fit, isolated_torch_rng, predict_proba, snapshot_state
+
+FAST = {"progress": False, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn digits as ``(train, val)`` TensorDatasets of ``([1, 8, 8] float, int label)``."""
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    y = torch.tensor(y)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    train, val = order[:1400], order[1400:]
+    return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])
+
+
+def _cnn(seed=0):
+    return build_model("gal_cnn", (1, 8, 8), 10, seed=seed, channels=16, hidden=64)
+
+
+def _mlp(seed=0, hidden=256, out=10):
+    with isolated_torch_rng(seed):
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, out))
+
+
+def _val_loss(model, dataset):
+    x, y = dataset.tensors
+    with torch.no_grad():
+        return float(nn.functional.cross_entropy(model.eval()(x), y))
+
+
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_gal_cnn_learns_digits(digits):
+    train, val = digits
+    model = _cnn()
+    result = fit(model, train, val_set=val, max_epochs=10, patience=3, lr=3e-3, **FAST)
+    assert isinstance(result, FitResult)
+    assert metrics.accuracy(predict_proba(model, val), val.tensors[1]) > 0.85
+    assert result.early_stopping and result.n_train == 1400 and result.n_val == 397
+    assert result.history[result.best_epoch - 1]["val_loss"] == result.best_val_loss
+    assert set(result.history[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds"}
+
+
+def test_early_stopping_restores_best_weights(digits, caplog):
+    train, val = digits
+    model = _mlp()
+    # 60 samples, a wide net and a large step size: validation loss soon stops improving.
+    with caplog.at_level(logging.INFO, logger="al_lib.training"):
+        result = fit(model, Subset(train, range(60)), val_set=val, max_epochs=60, patience=1, lr=2e-2, **FAST)
+    assert result.stopped_early
+    assert result.epochs_run == result.best_epoch + 1 < 60
+    assert result.best_val_loss == min(h["val_loss"] for h in result.history)
+    assert _val_loss(model, val) == pytest.approx(result.best_val_loss, rel=1e-5)
+    assert not model.training
+    assert f"stopped early at epoch {result.epochs_run}" in caplog.text
+    assert f"best epoch {result.best_epoch}" in result.message
+
+
+def test_same_seed_same_weights_and_global_rng_untouched(digits):
+    train, _ = digits
+    subset = Subset(train, range(300))
+    before = torch.get_rng_state()
+    # No val_set: the held-out split, the shuffling and the dropout masks all come from the seed.
+    models = [_cnn(), _cnn(), _cnn()]
+    for model, seed in zip(models, (1, 1, 2)):
+        fit(model, subset, max_epochs=2, seed=seed, **FAST)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert _same_weights(models[0], models[1])
+    assert not _same_weights(models[0], models[2])
+
+
+def test_initial_state_resets_weights(digits):
+    train, _ = digits
+    subset = Subset(train, range(200))
+    fresh, used = _mlp(hidden=32), _mlp(hidden=32)
+    initial = snapshot_state(fresh)
+    fit(used, subset, max_epochs=2, **FAST)  # weights now differ from the initial ones
+    assert not _same_weights(fresh, used)
+    fit(fresh, subset, max_epochs=2, **FAST)
+    fit(used, subset, max_epochs=2, initial_state=initial, **FAST)
+    assert _same_weights(fresh, used)
+
+
+def test_snapshot_state_is_a_cpu_deep_copy():
+    model = _mlp(hidden=8)
+    snap = snapshot_state(model)
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+    assert not torch.equal(snap["1.weight"], model[1].weight)
+    assert all(t.device.type == "cpu" for t in snap.values())
+
+
+def test_progress_false_prints_nothing(digits, capfd):
+    train, _ = digits
+    root_handlers = list(logging.getLogger().handlers)
+    fit(_mlp(hidden=16), Subset(train, range(100)), max_epochs=2, **FAST)
+    assert capfd.readouterr() == ("", "")
+    fit(_mlp(hidden=16), Subset(train, range(100)), max_epochs=2, progress=True, device="cpu")
+    assert "fit" in capfd.readouterr().err
+    assert logging.getLogger().handlers == root_handlers
+
+
+def test_binary_single_logit_model(digits):
+    train, val = digits
+    binary = [TensorDataset(d.tensors[0], (d.tensors[1] == 0).long()) for d in (train, val)]
+    model = _mlp(hidden=16, out=1)
+    result = fit(model, binary[0], val_set=binary[1], max_epochs=5, lr=1e-2, **FAST)
+    probs = predict_proba(model, binary[1])
+    assert probs.shape == (len(binary[1]), 1)
+    assert metrics.accuracy(probs, binary[1].tensors[1]) > 0.95
+    assert result.history[-1]["val_accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("n, val_fraction", [(5, 0.2), (50, 0.0)])
+def test_no_validation_trains_fixed_epochs(digits, n, val_fraction, caplog):
+    train, _ = digits
+    with caplog.at_level(logging.INFO, logger="al_lib.training"):
+        result = fit(_mlp(hidden=8), Subset(train, range(n)), val_fraction=val_fraction, max_epochs=4, **FAST)
+    assert not result.early_stopping and not result.stopped_early
+    assert result.epochs_run == result.best_epoch == 4
+    assert result.best_val_loss is None and result.n_val == 0
+    assert all(h["val_loss"] is None for h in result.history)
+    assert "no early stopping" in caplog.text
+
+
+def test_held_out_split_sizes(digits):
+    train, _ = digits
+    result = fit(_mlp(hidden=8), Subset(train, range(100)), val_fraction=0.25, max_epochs=1, **FAST)
+    assert (result.n_train, result.n_val) == (75, 25)
+
+
+def test_callback_can_stop_and_sees_records(digits):
+    train, val = digits
+    seen = []
+
+    def stop_at_two(record, model):
+        seen.append(record["epoch"])
+        return record["epoch"] == 2
+
+    result = fit(_mlp(hidden=8), Subset(train, range(100)), val_set=val, max_epochs=10, patience=None,
+                 callbacks=[stop_at_two], **FAST)
+    assert seen == [1, 2] and result.epochs_run == 2 and result.stopped_early
+    assert "callback" in result.message
+
+
+def test_sgd_custom_loss_and_batchnorm_with_single_sample_last_batch(digits):
+    train, _ = digits
+    calls = []
+
+    def loss(outputs, targets):
+        calls.append(len(targets))
+        return nn.functional.cross_entropy(outputs, targets)
+
+    model = build_model("vgg", (1, 8, 8), 10, widths=(4,), hidden=8, seed=0)
+    # 9 samples of batch size 4: the last batch of 1 is dropped (BatchNorm cannot train on it).
+    fit(model, Subset(train, range(9)), max_epochs=1, batch_size=4, optimizer="sgd", loss=loss, **FAST)
+    assert calls == [4, 4]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"max_epochs": 0}, "max_epochs"),
+        ({"patience": 0}, "patience"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_arguments(digits, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit(_mlp(hidden=8), Subset(digits[0], range(20)), **FAST, **kwargs)
+
+
+def test_empty_train_set():
+    with pytest.raises(ValueError, match="empty"):
+        fit(_mlp(hidden=8), TensorDataset(torch.zeros(0, 64), torch.zeros(0, dtype=torch.long)), **FAST)
+
+
+def test_predict_proba_inputs_only_and_mode_restored(digits):
+    _, val = digits
+    model = _mlp(hidden=8).train()
+    inputs_only = TensorDataset(val.tensors[0])
+    probs = predict_proba(model, inputs_only, batch_size=50, device="cpu")
+    assert probs.shape == (len(val), 10) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(probs, predict_proba(model, val, device="cpu"))
+    assert model.training
+
+
+def test_to_dict_is_plain(digits):
+    result = fit(_mlp(hidden=8), Subset(digits[0], range(30)), max_epochs=1, **FAST)
+    assert result.to_dict()["epochs_run"] == 1
