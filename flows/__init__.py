@@ -1,0 +1,1 @@
+"""Prefect flows composing the round steps of tasks/ (and the `al` command)."""

@@ -1,0 +1,227 @@
+"""`al`: create workspaces and run, resume, simulate and inspect active-learning rounds.
+
+Exit codes scripts can rely on:
+
+    0  success (including "nothing to do": no new annotations)
+    1  unexpected error
+    2  bad command line
+    3  validation failed (Great Expectations): see the validation-failures artifact / Data Docs
+    4  bad input: annotation file, manifest, params.yaml or image folder (message names file, row, field)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_VALIDATION, EXIT_BAD_INPUT = 0, 1, 2, 3, 4
+
+
+def _add_params_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heuristic", help="acquisition strategy (default: bald)")
+    p.add_argument("--query-size", type=int, help="images to label per round (default: 20)")
+    p.add_argument("--mc-iterations", type=int, help="MC dropout samples T (default: 20)")
+    p.add_argument("--pool-subsample", type=int, help="pool images scored per round (default: 2000)")
+    p.add_argument("--initial-labels", type=int, help="random labels before round 0 in simulation (default: 20)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="al", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create a workspace from images or a manifest")
+    p.add_argument("path", type=Path, help="new (empty) folder for the workspace")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", type=Path, help="folder of images: class subfolders (labelled) or flat")
+    src.add_argument("--manifest", type=Path, help="CSV id,path[,label][,split], paths relative to the CSV")
+    p.add_argument("--labels", choices=("seed", "oracle", "none"), default="seed",
+                   help="known labels become the seed labelled set, a simulation oracle's truth, or nothing")
+    p.add_argument("--classes", help="comma-separated class names (default: from folders / label column)")
+    p.add_argument("--holdout", type=int, default=0, help="labelled images kept aside as a test split")
+    p.add_argument("--seed", type=int, default=0)
+    _add_params_options(p)
+
+    p = sub.add_parser("round", help="run (or resume) the next round on a workspace")
+    p.add_argument("path", type=Path, nargs="?", default=Path("."))
+    p.add_argument("--device", help="cuda or cpu (default: CUDA when present)")
+    p.add_argument("--allow-empty", action="store_true", help="run even with no new annotations")
+
+    p = sub.add_parser("simulate", help="run N unattended rounds with an oracle answering the queries")
+    p.add_argument("path", type=Path, nargs="?", default=Path("."))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--device")
+
+    p = sub.add_parser("status", help="rounds, labels per class, metrics per round, pending annotations")
+    p.add_argument("path", type=Path, nargs="?", default=Path("."))
+
+    p = sub.add_parser("import-labels", help="check annotation files and put them in the inbox")
+    p.add_argument("path", type=Path, help="workspace")
+    p.add_argument("files", type=Path, nargs="+", help="CSV id,label[,annotator] or Label Studio JSON export")
+
+    p = sub.add_parser("stage", help="run one dvc.yaml stage (used by `dvc repro`)")
+    p.add_argument("name", choices=("prepare", "validate", "train", "score", "query"))
+    p.add_argument("path", type=Path, nargs="?", default=Path("."))
+    p.add_argument("--device")
+
+    p = sub.add_parser("serve", help="serve the round flow on a cron schedule (Prefect)")
+    p.add_argument("path", type=Path, nargs="?", default=Path("."))
+    p.add_argument("--cron", default="0 * * * *", help="cron schedule (default: hourly)")
+    p.add_argument("--name", default="al-round-scheduled")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "httpcore", "great_expectations"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args) or EXIT_OK
+    except Exception as err:  # noqa: BLE001 — map every failure to a documented exit code
+        code = _exit_code(err)
+        print(f"al {args.command}: error: {err}", file=sys.stderr)
+        if args.verbose or code == EXIT_ERROR:
+            logging.getLogger(__name__).debug("traceback", exc_info=err)
+        return code
+
+
+def _exit_code(err: Exception) -> int:
+    from al_lib.annotations import AnnotationError
+    from al_lib.data import ManifestError
+    from al_lib.data.images import ImageDecodeError
+    from tasks.workspace import ParamsError
+
+    if type(err).__name__ == "ValidationFailed":
+        return EXIT_VALIDATION
+    if isinstance(err, (AnnotationError, ManifestError, ImageDecodeError, ParamsError, FileExistsError,
+                        FileNotFoundError, ValueError)):
+        return EXIT_BAD_INPUT
+    return EXIT_ERROR
+
+
+def _params_overrides(args) -> dict:
+    names = ("heuristic", "query_size", "mc_iterations", "pool_subsample", "initial_labels")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def cmd_init(args) -> int:
+    from tasks.create import create_workspace
+
+    ws = create_workspace(args.path, images=args.images, manifest=args.manifest, labels=args.labels,
+                          classes=args.classes.split(",") if args.classes else None, holdout=args.holdout,
+                          seed=args.seed, **_params_overrides(args))
+    print(f"workspace ready at {ws.root}\n  next: al round {args.path}   (or: al simulate {args.path} --rounds 3)")
+    return EXIT_OK
+
+
+def cmd_round(args) -> int:
+    from flows.round import al_round
+
+    result = al_round(str(args.path), device=args.device, allow_empty=args.allow_empty)
+    _print_round(result)
+    return EXIT_OK
+
+
+def cmd_simulate(args) -> int:
+    from flows.round import al_simulate
+
+    for result in al_simulate(str(args.path), rounds=args.rounds, device=args.device):
+        _print_round(result)
+    return cmd_status(args)
+
+
+def _print_round(result: dict) -> None:
+    if result.get("skipped"):
+        print(f"round {result['round']}: skipped ({result['reason']})")
+        return
+    m = result["metrics"]
+    acc = m.get("test_accuracy", m.get("val_accuracy"))
+    acc_text = f", accuracy {acc:.4f}" if acc is not None else ""
+    print(f"round {result['round']}: {m['n_labelled']} labels{acc_text}; snapshot {result['snapshot']['tag']}; "
+          f"queries in {result['queries']}")
+
+
+def cmd_status(args) -> int:
+    import pandas as pd
+
+    from tasks import versioning
+    from tasks.rounds import round_state
+    from tasks.workspace import ROUNDS_METRICS, Workspace
+
+    ws = Workspace(args.path)
+    params = ws.params()
+    labels = ws.labels()
+    state = round_state(ws)
+    tags = versioning.list_round_tags(ws.root)
+    print(f"workspace {ws.root}")
+    print(f"  rounds tagged: {', '.join(f'round-{t}' for t in tags) or 'none'}; next: round {state.round}"
+          + (" (resume)" if state.resume else ""))
+    counts = labels["label"].value_counts().reindex(params.classes, fill_value=0)
+    print(f"  labels: {len(labels)}  " + "  ".join(f"{c}={n}" for c, n in counts.items()))
+    pending = ws.inbox_files()
+    print(f"  inbox: {len(pending)} file(s) waiting" + (f" ({', '.join(p.name for p in pending)})" if pending else ""))
+    rounds_csv = ws.path(ROUNDS_METRICS)
+    if rounds_csv.is_file():
+        table = pd.read_csv(rounds_csv)
+        cols = [c for c in ("round", "n_labelled", "epochs", "val_accuracy", "test_accuracy", "test_nll")
+                if c in table]
+        print("  metrics per round:")
+        print("    " + table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}").replace("\n", "\n    "))
+    png = ws.path("metrics/learning_curve.png")
+    if png.is_file():
+        print(f"  learning curve: {png}")
+    return EXIT_OK
+
+
+def cmd_import_labels(args) -> int:
+    """Check each file completely first; copy them into the inbox only when all are valid."""
+    from al_lib.annotations import read_annotations
+    from tasks.workspace import INBOX, Workspace
+
+    ws = Workspace(args.path)
+    params = ws.params()
+    known = set(ws.manifest()["id"])
+    frames = [read_annotations(f, known_ids=known, classes=params.classes) for f in args.files]
+    inbox = ws.path(INBOX)
+    inbox.mkdir(parents=True, exist_ok=True)
+    for f, frame in zip(args.files, frames):
+        dest = inbox / f.name
+        if dest.exists():
+            raise FileExistsError(f"{dest} already waits in the inbox: rename the new file")
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(f, tmp)
+        os.replace(tmp, dest)
+        print(f"{f}: {len(frame)} annotations queued in {dest.relative_to(ws.root)}")
+    print(f"run `al round {args.path}` to merge them")
+    return EXIT_OK
+
+
+def cmd_stage(args) -> int:
+    from tasks import stages
+
+    stages.run_stage(args.name, Path(args.path), device=getattr(args, "device", None))
+    return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from flows.round import al_round
+
+    print(f"serving {args.name}: al-round on {Path(args.path).resolve()} with cron '{args.cron}' (Ctrl-C stops)")
+    al_round.serve(name=args.name, cron=args.cron, parameters={"workspace": str(Path(args.path).resolve())})
+    return EXIT_OK
+
+
+COMMANDS = {
+    "init": cmd_init, "round": cmd_round, "simulate": cmd_simulate, "status": cmd_status,
+    "import-labels": cmd_import_labels, "stage": cmd_stage, "serve": cmd_serve,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Steps of a production active-learning round, and their Prefect task wrappers."""

@@ -1,0 +1,181 @@
+"""End to end: real PNG files, real git + DVC, real Great Expectations, a real Prefect API."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from flows.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_VALIDATION, main
+from flows.round import al_round, al_simulate
+from tasks import versioning
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def labels_of(ws):
+    return pd.read_csv(ws.path("data/labels.csv"), dtype=str, keep_default_na=False)
+
+
+def answer(ws, round, path, *, wrong=None):
+    """An annotator's CSV answering round ``round``'s queries from the hidden truth."""
+    queries = pd.read_csv(ws.query_paths(round)[0], dtype=str)
+    truth = ws.oracle_labels().set_index("id")["label"]
+    frame = pd.DataFrame({"id": queries["id"], "label": truth.loc[queries["id"]].to_numpy(), "annotator": "ann"})
+    if wrong:
+        frame.loc[0, wrong[0]] = wrong[1]
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_simulated_rounds_are_validated_versioned_and_exported(make_workspace):
+    ws = make_workspace()
+    results = al_simulate(str(ws.root), rounds=2)
+    assert [r["round"] for r in results] == [0, 1]
+    assert versioning.list_round_tags(ws.root) == [0, 1]
+
+    labels = labels_of(ws)
+    assert labels["id"].is_unique
+    assert len(labels) == 20 + 10 + 5  # held-out test labels, B initial, one round of Q answers
+    assert set(labels[labels["round"] == "1"]["id"]) == set(pd.read_csv(ws.query_paths(0)[0], dtype=str)["id"])
+
+    # Exactly what each round trained on, from git + DVC.
+    at_round0 = pd.read_csv(pd.io.common.StringIO(versioning.read_at(ws.root, "data/labels.csv", "round-0")),
+                            dtype=str, keep_default_na=False)
+    assert len(at_round0) == 30 and set(at_round0["id"]) < set(labels["id"])
+
+    for n in (0, 1):
+        csv, ls_json = ws.query_paths(n)
+        queries = pd.read_csv(csv, dtype=str)
+        assert list(queries.columns) == ["id", "rank", "score", "predicted_label", "predicted_prob"]
+        assert len(queries) == 5 and ls_json.is_file()
+        assert not set(queries["id"]) & set(at_round0["id"]) or n == 1
+    assert (ws.path("data/inbox/processed/round-0") / "oracle-initial.csv").is_file()
+    assert (ws.path("data/inbox/processed/round-1") / "oracle-round-0.csv").is_file()
+    rounds = pd.read_csv(ws.path("metrics/rounds.csv"))
+    assert rounds["round"].tolist() == [0, 1] and rounds["test_accuracy"].between(0, 1).all()
+    assert versioning.is_clean(ws.root, ["data/queries", "metrics"])
+
+
+def test_human_round_trip_with_annotation_files(make_workspace, tmp_path, capsys):
+    ws = make_workspace(labels="oracle")
+    # Round 0 starts from labels someone imported by hand.
+    truth = ws.oracle_labels()
+    seed = truth[~truth["id"].isin(labels_of(ws)["id"])].head(12)
+    seed.assign(annotator="alice").to_csv(tmp_path / "seed.csv", index=False)
+    assert main(["import-labels", str(ws.root), str(tmp_path / "seed.csv")]) == EXIT_OK
+    assert main(["round", str(ws.root)]) == EXIT_OK
+
+    reply = answer(ws, 0, tmp_path / "batch-1.csv")
+    assert main(["import-labels", str(ws.root), str(reply)]) == EXIT_OK
+    assert main(["round", str(ws.root)]) == EXIT_OK
+    labels = labels_of(ws)
+    new = labels[labels["round"] == "1"]
+    assert len(new) == 5 and set(new["source"]) == {"human"} and set(new["annotator"]) == {"ann"}
+    assert versioning.list_round_tags(ws.root) == [0, 1]
+
+    # Nothing new in the inbox: a scheduled run has nothing to do, and says so.
+    assert main(["round", str(ws.root)]) == EXIT_OK
+    assert "skipped (no new annotations)" in capsys.readouterr().out
+    assert main(["status", str(ws.root)]) == EXIT_OK
+    assert "round-0, round-1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "name,content,needle",
+    [
+        ("unknown-id.csv", "id,label\nno/such.png,1\n", "row 2, field 'id'"),
+        ("unknown-class.csv", None, "field 'label'"),
+        ("conflict.csv", "CONFLICT", "conflict"),
+        ("malformed.csv", "id,label\n\"unterminated,1\n", "malformed.csv"),
+        ("malformed.json", "[{\"data\": ", "malformed.json"),
+    ],
+)
+def test_bad_annotation_file_is_refused_and_changes_nothing(make_workspace, name, content, needle, capsys):
+    ws = make_workspace()
+    al_simulate(str(ws.root), rounds=1)
+    inbox = ws.path("data/inbox")
+    if content is None:
+        answer(ws, 0, inbox / name, wrong=("label", "dog"))
+    elif content == "CONFLICT":
+        queried = pd.read_csv(ws.query_paths(0)[0], dtype=str)["id"][0]
+        (inbox / name).write_text(f"id,label\n{queried},0\n{queried},1\n")
+    else:
+        (inbox / name).write_text(content)
+    before = ws.path("data/labels.csv").read_bytes()
+    code = main(["round", str(ws.root)])
+    assert code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert name in err and needle in err
+    assert ws.path("data/labels.csv").read_bytes() == before
+    assert (inbox / name).is_file()
+    assert versioning.list_round_tags(ws.root) == [0]
+
+
+def test_validation_failure_stops_the_round_before_training(make_workspace, capsys):
+    ws = make_workspace()
+    broken = ws.path(ws.manifest()["path"].iloc[3])
+    broken.write_bytes(b"not a png")
+    assert main(["simulate", str(ws.root), "--rounds", "1"]) == EXIT_VALIDATION
+    err = capsys.readouterr().err
+    assert "validation failed" in err and "data/pool/manifest.csv" in err
+    assert not ws.path("models/model.pt").exists()
+    assert versioning.list_round_tags(ws.root) == []
+    assert ws.path("validation/data_docs/index.html").is_file()
+
+
+def test_killed_round_resumes_without_redoing_or_losing_anything(make_workspace):
+    """Kill the process during training; the rerun skips finished steps and keeps every label once."""
+    ws = make_workspace(training={"max_epochs": 40, "patience": None, "val_fraction": 0.2, "batch_size": 4})
+    env = {**os.environ, "PREFECT_API_URL": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "simulate", str(ws.root), "--rounds", "1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while versioning.latest_round(ws.root) is None:  # the snapshot is taken just before training
+            assert proc.poll() is None, "the round ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not ws.query_paths(0)[0].exists()
+    labels_before = ws.path("data/labels.csv").read_bytes()
+    tag_commit = versioning.head_commit(ws.root)
+
+    state = al_round(str(ws.root), simulate=True, return_state=True)
+    result = state.result()
+    assert task_states(state) == {"validate": "Cached", "snapshot": "Completed", "train": "Completed",
+                                  "score-pool": "Completed", "export-queries": "Completed",
+                                  "publish-artifacts": "Completed"}
+    assert result["resumed"] and result["round"] == 0
+    assert result["snapshot"]["created"] is False
+    assert ws.path("data/labels.csv").read_bytes() == labels_before
+    assert labels_of(ws)["id"].is_unique
+    assert versioning.list_round_tags(ws.root) == [0]
+    assert ws.query_paths(0)[0].is_file()
+    assert tag_commit in subprocess.run(["git", "-C", str(ws.root), "log", "--format=%H"],
+                                        capture_output=True, text=True).stdout
+
+
+def task_states(flow_state) -> dict:
+    """Task name → final state name of a flow run, read back through the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+def test_every_command_has_help(capsys):
+    for command in ("init", "round", "simulate", "status", "import-labels", "stage", "serve"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: al " + command in capsys.readouterr().out
