@@ -14,8 +14,16 @@ from al_lib.seeding import check_random_state
 
 logger = logging.getLogger(__name__)
 
-# Strategies that need the whole [N, C, T] array of the (sub)pool rather than per-sample scores.
+# Strategies that select a batch jointly rather than by a per-sample top-k.
 BATCH_STRATEGIES = ("batch_bald", "power_bald", "power_entropy", "softmax_bald", "softrank_bald")
+# Stochastic batch acquisition (Kirsch et al.): a per-sample score, then a streamed sampler, so the
+# pool is scored in O(batch + k) memory (softrank keeps the [N] scores for its global ranks).
+STREAMED_SAMPLERS = {
+    "power_bald": ("bald", "power"),
+    "power_entropy": ("entropy", "power"),
+    "softmax_bald": ("bald", "softmax"),
+    "softrank_bald": ("bald", "softrank"),
+}
 
 
 def available_strategies() -> list[str]:
@@ -48,7 +56,10 @@ def acquire(
         Items ``x`` or ``(x, ...)``.
     strategy : str
         A per-sample heuristic of :data:`al_lib.heuristics.HEURISTICS` (streamed, running top-k),
-        or one of ``BATCH_STRATEGIES`` (BatchBALD and the stochastic samplers of Kirsch et al.).
+        one of the stochastic samplers of Kirsch et al. (``STREAMED_SAMPLERS``: streamed,
+        running Gumbel top-k; same distribution as :func:`al_lib.heuristics.power_bald` & co.,
+        not the same draws for a given seed, except softrank), or "batch_bald" (needs the
+        whole [N, C, T] array).
     seed : int or None
         Seeds MC sampling and stochastic selection: same seed, same model, same pool → same picks.
 
@@ -78,16 +89,14 @@ def acquire(
             "BatchBALD compares MC sample t across inputs, but this model draws independent dropout "
             "masks per input: patch it with patch_module(model, consistent=True)"
         )
+    if strategy in STREAMED_SAMPLERS:
+        scorer, selection = STREAMED_SAMPLERS[strategy]
+        return score_pool(model, pool, scorer, k, selection=selection, temperature=temperature,
+                          selection_seed=int(rng.integers(2**31)), **mc)
     probs = predict_mc(model, pool, **mc)
     select_seed = int(rng.integers(2**31))
-    if strategy == "batch_bald":
-        positions = np.asarray(heuristics.batch_bald(probs, k, seed=select_seed), dtype=np.int64)
-        return positions, np.full(k, np.nan)
-    positions = np.asarray(
-        getattr(heuristics, strategy)(probs, k, temperature=temperature, seed=select_seed), dtype=np.int64
-    )
-    scorer = heuristics.entropy if strategy == "power_entropy" else heuristics.bald
-    return positions, np.asarray(scorer(probs), dtype=np.float64)[positions]
+    positions = np.asarray(heuristics.batch_bald(probs, k, seed=select_seed), dtype=np.int64)
+    return positions, np.full(k, np.nan)
 
 
 def _has_consistent_samples(model: nn.Module) -> bool:

@@ -20,6 +20,7 @@ from al_lib.data import ActiveLearningDataset
 from al_lib.device import resolve_device
 from al_lib.inference import predict_mc
 from al_lib.metrics import evaluate
+from al_lib.sampling import subsample_indices
 from al_lib.seeding import check_random_state
 from al_lib.training import fit, snapshot_state
 
@@ -144,7 +145,7 @@ def simulate(
         queried: list = []
         if r < rounds - 1 and state.n_pool > 0:
             pool = state.pool
-            candidates = _subsample(len(pool), pool_subsample, rng)
+            candidates = subsample_indices(len(pool), pool_subsample, rng)
             k = min(query_size, len(candidates))
             picks, _ = acquire(model, Subset(pool, candidates), strategy, k, iterations=iterations,
                                batch_size=batch_size, device=device, seed=int(rng.integers(2**31)),
@@ -163,21 +164,6 @@ def _mc_model(model: nn.Module, *, consistent: bool) -> nn.Module:
     if any(isinstance(m, MCDropout) for m in model.modules()) or mc_aware_modules(model):
         return model
     return patch_module(model, consistent=consistent)
-
-
-def _subsample(n: int, size: int | float | None, rng: np.random.Generator) -> np.ndarray:
-    """Sorted positions of a random subsample of ``range(n)``: all, ``size`` of them, or a fraction."""
-    if size is None:
-        return np.arange(n)
-    if isinstance(size, float):
-        if not 0.0 < size <= 1.0:
-            raise ValueError(f"pool_subsample as a fraction must be in (0, 1], got {size}")
-        size = max(1, int(round(size * n)))
-    if size <= 0:
-        raise ValueError(f"pool_subsample must be positive, got {size}")
-    if size >= n:
-        return np.arange(n)
-    return np.sort(rng.choice(n, size=size, replace=False))
 
 
 def _targets(dataset: Dataset) -> np.ndarray:

@@ -29,6 +29,12 @@ def _add_params_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--initial-labels", type=int, help="random labels before round 0 in simulation (default: 20)")
 
 
+def _add_dask_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=1,
+                   help="score the pool in this many shards on Dask (a local cluster unless --dask-address)")
+    p.add_argument("--dask-address", help="scheduler address of an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="al", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -52,11 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path, nargs="?", default=Path("."))
     p.add_argument("--device", help="cuda or cpu (default: CUDA when present)")
     p.add_argument("--allow-empty", action="store_true", help="run even with no new annotations")
+    _add_dask_options(p)
 
     p = sub.add_parser("simulate", help="run N unattended rounds with an oracle answering the queries")
     p.add_argument("path", type=Path, nargs="?", default=Path("."))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device")
+    _add_dask_options(p)
 
     p = sub.add_parser("status", help="rounds, labels per class, metrics per round, pending annotations")
     p.add_argument("path", type=Path, nargs="?", default=Path("."))
@@ -124,7 +132,8 @@ def cmd_init(args) -> int:
 def cmd_round(args) -> int:
     from flows.round import al_round
 
-    result = al_round(str(args.path), device=args.device, allow_empty=args.allow_empty)
+    result = al_round(str(args.path), device=args.device, allow_empty=args.allow_empty, workers=args.workers,
+                      dask_address=args.dask_address)
     _print_round(result)
     return EXIT_OK
 
@@ -132,7 +141,8 @@ def cmd_round(args) -> int:
 def cmd_simulate(args) -> int:
     from flows.round import al_simulate
 
-    for result in al_simulate(str(args.path), rounds=args.rounds, device=args.device):
+    for result in al_simulate(str(args.path), rounds=args.rounds, device=args.device, workers=args.workers,
+                              dask_address=args.dask_address):
         _print_round(result)
     return cmd_status(args)
 

@@ -79,6 +79,12 @@ def score_task(workspace: str, round: int, device: str | None = None) -> dict:
     return score.score_step(Workspace(workspace), round, device=device)
 
 
+@task(name="score-shard", retries=1, retry_delay_seconds=2)
+def score_shard_task(workspace: str, round: int, ids: list[str], device: str | None = None) -> dict:
+    """MC scores of one shard of the planned pool subsample (runs on a Dask worker)."""
+    return score.score_ids(Workspace(workspace), round, ids, device=device)
+
+
 @task(name="export-queries", cache_key_fn=_content_key("query", (SCORES, PARAMS_FILE),
                                                         _code_digest(query.query_step)), persist_result=True)
 def query_task(workspace: str, round: int) -> list[dict]:

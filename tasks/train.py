@@ -27,10 +27,11 @@ LEARNING_CURVE = "metrics/learning_curve.png"
 
 
 def build_workspace_model(params: Params) -> torch.nn.Module:
-    """The configured architecture, seeded, made MC-stochastic (consistent masks for BatchBALD)."""
+    """The configured architecture, seeded, made MC-stochastic with consistent dropout masks."""
     kwargs = {k: v for k, v in params.model.items() if k not in ("name", "input_shape")}
     model = build_model(params.model["name"], params.input_shape, len(params.classes), seed=params.seed, **kwargs)
-    return patch_module(model, consistent=params.heuristic == "batch_bald")
+    # Consistent masks: a sample's MC scores must not depend on its batch or shard (and BatchBALD needs them).
+    return patch_module(model, consistent=True)
 
 
 def load_workspace_model(ws: Workspace, params: Params) -> torch.nn.Module:

@@ -110,3 +110,71 @@ def test_running_top_k_is_exact_for_any_chunking(scores, k, chunk):
     expected = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
     assert idx.tolist() == expected
     np.testing.assert_array_equal(got, scores[expected])
+
+
+# ---------------------------------------------------------------- bounded memory, streamed selection
+
+
+def test_score_pool_keeps_no_batch_of_probabilities_alive():
+    """Each [B, C, T] batch must be garbage by the time the next one is scored: O(batch + k) memory."""
+    import weakref
+
+    from al_lib.heuristics import bald
+
+    alive = []
+
+    def heuristic(probs):
+        assert all(ref() is None for ref in alive), "an earlier batch of probabilities is still referenced"
+        alive.append(weakref.ref(probs))
+        return bald(probs)
+
+    idx, _ = score_pool(mlp(), torch.randn(40, 4), heuristic, 3, iterations=4, batch_size=8, progress=False)
+    assert len(alive) == 5 and len(idx) == 3
+
+
+def test_score_pool_numpy_peak_memory_does_not_grow_with_the_pool():
+    """tracemalloc sees numpy's allocations: [N, C, T] float32 would be 8 MB here; a few KB are allowed."""
+    import tracemalloc
+
+    m = mlp(out=10)
+    x = torch.randn(20000, 4)
+    score_pool(m, x[:64], "entropy", 5, iterations=10, batch_size=256, progress=False)  # warm caches
+    tracemalloc.start()
+    try:
+        score_pool(m, x, "entropy", 5, iterations=10, batch_size=256, progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 512 * 1024, f"peak {peak / 1e6:.2f} MB"
+
+
+@pytest.mark.parametrize("selection", ["power", "softmax", "softrank"])
+def test_score_pool_stochastic_selection_matches_the_selector_on_full_scores(selection):
+    from al_lib.heuristics import bald
+    from al_lib.sampling import make_selector
+
+    m = mlp()
+    x = torch.randn(30, 4)
+    full = predict_mc(m, x, iterations=6, batch_size=7, seed=2, progress=False)
+    offline = make_selector(selection, 4, temperature=0.5, seed=11)
+    offline.update(bald(full), np.arange(30))
+    idx, scores = score_pool(m, x, "bald", 4, selection=selection, temperature=0.5, selection_seed=11,
+                             iterations=6, batch_size=7, seed=2, progress=False)
+    np.testing.assert_array_equal(idx, offline.result()[0])
+    np.testing.assert_allclose(scores, bald(full)[idx], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["power_bald", "power_entropy", "softmax_bald", "softrank_bald"])
+def test_acquire_streams_the_stochastic_samplers(strategy, monkeypatch):
+    import al_lib.acquisition as acquisition
+
+    def no_full_array(*args, **kwargs):
+        raise AssertionError("the stochastic samplers must not build the [N, C, T] array")
+
+    monkeypatch.setattr(acquisition, "predict_mc", no_full_array)
+    m, x = mlp(), torch.randn(25, 4)
+    a = acquisition.acquire(m, x, strategy, 5, iterations=4, seed=3, progress=False)
+    b = acquisition.acquire(m, x, strategy, 5, iterations=4, seed=3, progress=False)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert len(set(a[0].tolist())) == 5 and np.all(a[1] >= -1e-6)
