@@ -9,14 +9,21 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
+    "acquisition",
+    "annotations",
+    "atomic",
     "bayesian",
     "data",
     "device",
+    "export",
     "heuristics",
     "inference",
     "loop",
     "metrics",
     "models",
+    "plotting",
+    "prefix_cache",
+    "sampling",
     "seeding",
     "training",
 )

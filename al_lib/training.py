@@ -28,8 +28,9 @@ __all__ = ["FitResult", "fit", "isolated_torch_rng", "predict_proba", "snapshot_
 
 logger = logging.getLogger(__name__)
 
-#: Below this many samples no validation split is held out: train for ``max_epochs`` instead.
-MIN_SAMPLES_FOR_VALIDATION = 10
+#: A held-out split smaller than this gives a validation loss too noisy to stop on (a model stopped
+#: after a few epochs on 4 validation samples is badly under-trained): train for ``max_epochs``.
+MIN_VALIDATION_SAMPLES = 20
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``callback(record, model) -> stop``: called after every epoch with the history record; return
@@ -130,10 +131,15 @@ def _n_correct(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[int, int] 
     return int((predicted == targets).sum()), targets.numel()
 
 
+def _n_val(n: int, val_fraction: float) -> int:
+    """Size of the validation split of ``n`` samples (both parts non-empty when n >= 2)."""
+    return min(n - 1, max(1, round(val_fraction * n)))
+
+
 def _split(train_set: Dataset, val_fraction: float, generator: torch.Generator) -> tuple[Dataset, Dataset]:
     """Seeded random split into (train, validation) subsets, both non-empty."""
     n = len(train_set)
-    n_val = min(n - 1, max(1, round(val_fraction * n)))
+    n_val = _n_val(n, val_fraction)
     order = torch.randperm(n, generator=generator).tolist()
     return Subset(train_set, order[n_val:]), Subset(train_set, order[:n_val])
 
@@ -148,8 +154,10 @@ def _validation_plan(
         return train_set, val_set, ""
     if val_fraction == 0:
         return train_set, None, "val_fraction=0"
-    if len(train_set) < MIN_SAMPLES_FOR_VALIDATION:
-        return train_set, None, f"only {len(train_set)} training samples (< {MIN_SAMPLES_FOR_VALIDATION})"
+    n_val = _n_val(len(train_set), val_fraction)
+    if n_val < MIN_VALIDATION_SAMPLES:
+        return train_set, None, (f"a {val_fraction:g} validation split of {len(train_set)} samples would hold "
+                                 f"{n_val} (< {MIN_VALIDATION_SAMPLES})")
     train, val = _split(train_set, val_fraction, generator)
     return train, val, ""
 
@@ -294,7 +302,7 @@ def fit(
         one logit of a binary model).
     train_set : Dataset of ``(x, y, ...)`` items, ``y`` an int class label.
     val_set : Dataset, optional. When None, a seeded ``val_fraction`` of ``train_set`` is held out.
-        With ``val_fraction=0``, fewer than ``MIN_SAMPLES_FOR_VALIDATION`` samples or an empty
+        With ``val_fraction=0``, a split of fewer than ``MIN_VALIDATION_SAMPLES`` or an empty
         ``val_set``, there is no early stopping: training runs ``max_epochs`` and keeps the final
         weights (``FitResult.early_stopping`` is False and the message says why).
     max_epochs : int, at most this many passes over the training data.

@@ -125,7 +125,8 @@ def test_binary_single_logit_model(digits):
     assert result.history[-1]["val_accuracy"] > 0.9
 
 
-@pytest.mark.parametrize("n, val_fraction", [(5, 0.2), (50, 0.0)])
+# 5 or 95 samples at 0.2 would validate on 1 or 19 samples: too noisy to stop on (< 20).
+@pytest.mark.parametrize("n, val_fraction", [(5, 0.2), (95, 0.2), (50, 0.0)])
 def test_no_validation_trains_fixed_epochs(digits, n, val_fraction, caplog):
     train, _ = digits
     with caplog.at_level(logging.INFO, logger="al_lib.training"):
@@ -141,6 +142,7 @@ def test_held_out_split_sizes(digits):
     train, _ = digits
     result = fit(_mlp(hidden=8), Subset(train, range(100)), val_fraction=0.25, max_epochs=1, **FAST)
     assert (result.n_train, result.n_val) == (75, 25)
+    assert fit(_mlp(hidden=8), Subset(train, range(100)), val_fraction=0.2, max_epochs=1, **FAST).n_val == 20
 
 
 def test_callback_can_stop_and_sees_records(digits):

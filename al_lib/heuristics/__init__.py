@@ -4,11 +4,16 @@ Per-sample scorers (higher = more worth labelling): ``bald``, ``entropy``, ``mar
 ``least_confidence``, ``variation_ratio``, ``mean_std``, ``random``; ``HEURISTICS`` maps their
 names to them. Selection: ``top_k``; stochastic batch acquisition ``power_sampling``,
 ``softmax_sampling``, ``softrank_sampling`` and the composed ``power_bald``, ``power_entropy``,
-``softmax_bald``, ``softrank_bald``; ``batch_bald`` and ``joint_mutual_information``.
+``softmax_bald``, ``softrank_bald``; ``batch_bald``, ``joint_mutual_information`` (exact) and
+``estimate_joint_mutual_information`` (Monte Carlo, for large batches).
 Numpy in -> numpy out, torch in -> torch out (same device).
 """
 
-from al_lib.heuristics.batch_bald import batch_bald, joint_mutual_information
+from al_lib.heuristics.batch_bald import (
+    batch_bald,
+    estimate_joint_mutual_information,
+    joint_mutual_information,
+)
 from al_lib.heuristics.scores import (
     bald,
     entropy,
@@ -39,6 +44,7 @@ __all__ = [
     "bald",
     "batch_bald",
     "entropy",
+    "estimate_joint_mutual_information",
     "joint_mutual_information",
     "least_confidence",
     "margin",
