@@ -18,7 +18,9 @@ from prefect.context import TaskRunContext
 import al_lib
 from tasks import ingest, query, score, train, validation, versioning
 from tasks.train import LEARNING_CURVE
-from tasks.workspace import LABELS, MANIFEST, MODEL, PARAMS_FILE, SCORES, Workspace
+from tasks.workspace import (
+    LABELS, MANIFEST, MODEL, PARAMS_FILE, QUERY_PARAMS, SCORE_PARAMS, SCORES, TRAIN_PARAMS, Workspace,
+)
 
 SNAPSHOT_PATHS = (PARAMS_FILE, MANIFEST, "dvc.yaml", "data/inbox/processed")
 
@@ -28,15 +30,17 @@ def _code_digest(*functions) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _content_key(step: str, files: tuple[str, ...], code: str):
+def _content_key(step: str, files: tuple[str, ...], params: tuple[str, ...], code: str):
+    """Cache key: the step, the round, the content of the files and params fields it reads, its code."""
     def key(context: TaskRunContext, parameters: dict) -> str:
         ws = Workspace(parameters["workspace"])
-        return f"{step}-r{parameters['round']}-{ws.file_digest(*files)[:24]}-{code}"
+        digest = hashlib.sha256((ws.file_digest(*files) + ws.params_digest(*params)).encode()).hexdigest()
+        return f"{step}-r{parameters['round']}-{digest[:24]}-{code}"
 
     return key
 
 
-@task(name="validate", cache_key_fn=_content_key("validate", (MANIFEST, LABELS, PARAMS_FILE),
+@task(name="validate", cache_key_fn=_content_key("validate", (MANIFEST, LABELS), ("classes",),
                                                   _code_digest(validation.load_and_validate)), persist_result=True)
 def validate_task(workspace: str, round: int) -> dict:
     """Great Expectations over manifest + labels; a failure stops the round before training."""
@@ -67,13 +71,13 @@ def snapshot_task(workspace: str, round: int) -> dict:
     return {"tag": snap.tag, "commit": snap.commit, "created": snap.created}
 
 
-@task(name="train", cache_key_fn=_content_key("train", (LABELS, MANIFEST, PARAMS_FILE),
+@task(name="train", cache_key_fn=_content_key("train", (LABELS, MANIFEST), TRAIN_PARAMS,
                                                _code_digest(train.train_step)), persist_result=True)
 def train_task(workspace: str, round: int, device: str | None = None) -> dict:
     return train.train_step(Workspace(workspace), round, device=device)
 
 
-@task(name="score-pool", cache_key_fn=_content_key("score", (MODEL, LABELS, MANIFEST, PARAMS_FILE),
+@task(name="score-pool", cache_key_fn=_content_key("score", (MODEL, LABELS, MANIFEST), SCORE_PARAMS,
                                                     _code_digest(score.score_step)), persist_result=True)
 def score_task(workspace: str, round: int, device: str | None = None) -> dict:
     return score.score_step(Workspace(workspace), round, device=device)
@@ -85,7 +89,7 @@ def score_shard_task(workspace: str, round: int, ids: list[str], device: str | N
     return score.score_ids(Workspace(workspace), round, ids, device=device)
 
 
-@task(name="export-queries", cache_key_fn=_content_key("query", (SCORES, PARAMS_FILE),
+@task(name="export-queries", cache_key_fn=_content_key("query", (SCORES,), QUERY_PARAMS,
                                                         _code_digest(query.query_step)), persist_result=True)
 def query_task(workspace: str, round: int) -> list[dict]:
     return query.query_step(Workspace(workspace), round).to_dict("records")

@@ -23,7 +23,7 @@ from al_lib.sampling import subsample_indices
 from al_lib.seeding import check_random_state
 from tasks.datasets import load_workspace_data, mean_probabilities
 from tasks.train import load_workspace_model
-from tasks.workspace import LABELS, MANIFEST, MODEL, PARAMS_FILE, SCORES, Params, Workspace, write_file
+from tasks.workspace import LABELS, MANIFEST, MODEL, SCORE_PARAMS, SCORES, Params, Workspace, write_file
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def plan_scoring(ws: Workspace, round: int) -> ScorePlan:
     if len(candidates) == 0:
         raise ValueError("the pool is exhausted: every queryable image is labelled")
     positions = subsample_indices(len(candidates), params.pool_subsample, round_rng(params.seed, round, "subsample"))
-    digest = ws.file_digest(MODEL, LABELS, MANIFEST, PARAMS_FILE) + f":{round}"
+    digest = ws.file_digest(MODEL, LABELS, MANIFEST) + ws.params_digest(*SCORE_PARAMS) + f":{round}"
     return ScorePlan(round, [str(i) for i in candidates.ids[positions]], len(candidates), digest)
 
 

@@ -18,7 +18,7 @@ from al_lib.plotting import plot_learning_curves
 from al_lib.training import fit
 from tasks.datasets import load_workspace_data
 from tasks.workspace import (
-    LABELS, MANIFEST, MODEL, PARAMS_FILE, ROUNDS_METRICS, TRAIN_METRICS, Params, Workspace, write_file,
+    LABELS, MANIFEST, MODEL, ROUNDS_METRICS, TRAIN_METRICS, TRAIN_PARAMS, Params, Workspace, write_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def load_workspace_model(ws: Workspace, params: Params) -> torch.nn.Module:
 
 def train_inputs_digest(ws: Workspace) -> str:
     """What training depends on: labels, manifest and parameters (content, not run ids)."""
-    return ws.file_digest(LABELS, MANIFEST, PARAMS_FILE)
+    return ws.file_digest(LABELS, MANIFEST) + ws.params_digest(*TRAIN_PARAMS)
 
 
 def train_step(ws: Workspace, round: int, *, device=None, progress: bool = False) -> dict:

@@ -7,6 +7,7 @@ this one description of the layout (see docs/architecture.md, "The production pi
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -31,6 +32,11 @@ MODEL = "models/model.pt"
 TRAIN_METRICS = "metrics/train.json"
 ROUNDS_METRICS = "metrics/rounds.csv"
 VALIDATION = "validation"
+
+# The params.yaml fields each step reads: its caches are keyed on these, not on the whole file.
+TRAIN_PARAMS = ("classes", "seed", "model", "training", "mc_iterations", "inference")
+SCORE_PARAMS = ("classes", "seed", "heuristic", "mc_iterations", "pool_subsample", "inference")
+QUERY_PARAMS = ("classes", "seed", "heuristic", "query_size")
 
 # Splits that are never queried: their labels (when known) measure the model instead.
 HELD_OUT_SPLITS = ("test", "val", "valid", "validation")
@@ -156,6 +162,12 @@ class Workspace:
 
     def processed_dir(self, round: int) -> Path:
         return self.path(INBOX) / "processed" / f"round-{round}"
+
+    def params_digest(self, *fields: str) -> str:
+        """sha256 of the named params.yaml fields, so a step reruns only when what it reads changed."""
+        values = self.params().as_dict()
+        text = json.dumps({f: values[f] for f in fields}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def file_digest(self, *relatives: str) -> str:
         """sha256 over the named files' contents (a missing file counts as empty)."""

@@ -56,18 +56,24 @@ def to_kind(x: torch.Tensor, numpy: bool):
     return x.detach().cpu().numpy() if numpy else x
 
 
-def check_probs(p: torch.Tensor) -> None:
-    """Raise ``ValueError`` unless ``p`` looks like MC probabilities ``[N, C, ..., T]``."""
-    if p.ndim < 3:
+def check_probs_shape(shape: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` unless ``shape`` is that of MC probabilities ``[N, C, ..., T]``."""
+    shape = tuple(shape)
+    if len(shape) < 3:
         raise ValueError(
             "probs must have shape [N, C, T] (or [N, C, ..., T] with extra dims), "
-            f"got shape {tuple(p.shape)}"
+            f"got shape {shape}"
         )
-    if p.shape[1] < 1 or p.shape[-1] < 1:
+    if shape[1] < 1 or shape[-1] < 1:
         raise ValueError(
             "probs [N, C, ..., T] needs C >= 1 classes and T >= 1 MC samples, "
-            f"got shape {tuple(p.shape)}"
+            f"got shape {shape}"
         )
+
+
+def check_probs(p: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``p`` looks like MC probabilities ``[N, C, ..., T]``."""
+    check_probs_shape(p.shape)
     if torch.isnan(p).any():
         raise ValueError("probs contains NaN")
 
@@ -82,6 +88,63 @@ def prepare_probs(probs) -> tuple[torch.Tensor, bool]:
     p, was_numpy = to_tensor(probs)
     check_probs(p)
     return expand_binary(p), was_numpy
+
+
+#: Target size in bytes of one float64 chunk of a numpy ``probs`` array (see :func:`score_numpy_chunked`).
+#: The kernels' temporaries are a few chunks, so this bounds the extra memory of numpy scoring.
+CHUNK_BYTES = 8 * 2**20
+
+
+def _numpy_probs(probs) -> tuple[np.ndarray, int]:
+    """``(array, rows per chunk)`` for numpy ``probs``, its shape checked (not yet its values)."""
+    arr = np.asarray(probs)
+    if arr.dtype.kind not in "fiub":
+        arr = np.asarray(probs, dtype=np.float64)
+    check_probs_shape(arr.shape)
+    row_bytes = 8 * max(arr.shape[1], 2) * int(np.prod(arr.shape[2:], dtype=np.int64))
+    return arr, max(1, CHUNK_BYTES // max(row_bytes, 1))
+
+
+def numpy_probs_shape_only(probs) -> torch.Tensor:
+    """Validate numpy ``probs`` chunk by chunk; return a zero-strided float64 stand-in tensor.
+
+    The stand-in has the shape ``prepare_probs`` would give (C >= 2) but no storage of that size:
+    for scorers that only look at the shape (``random``).
+    """
+    arr, rows = _numpy_probs(probs)
+    for start in range(0, arr.shape[0], rows):
+        if torch.isnan(_numpy_to_tensor(arr[start : start + rows], np.float64)).any():
+            raise ValueError("probs contains NaN")
+    shape = (arr.shape[0], max(arr.shape[1], 2), *arr.shape[2:])
+    return torch.zeros((), dtype=torch.float64).expand(shape)
+
+
+def score_numpy_chunked(kernel, probs, reduction):
+    """Score numpy ``probs [N, C, ..., T]`` in float64, a chunk of rows at a time.
+
+    Only a chunk of about :data:`CHUNK_BYTES` (in float64, after the binary expansion) is ever
+    converted, so the extra memory is O(chunk) plus the output, whatever N. Each row is scored
+    independently, so the result equals scoring the whole array at once. ``kernel`` maps a float64
+    tensor ``[n, C>=2, ..., T]`` to per-pixel scores ``[n, ...]``. Returns numpy ``[N]`` (or
+    ``[N, ...]`` for ``reduction="none"``).
+    """
+    check_reduction(reduction)
+    arr, rows = _numpy_probs(probs)
+    n, pixel_shape = arr.shape[0], tuple(arr.shape[2:-1])
+    per_pixel = callable(reduction) and bool(pixel_shape)
+    keep_pixels = per_pixel or reduction == "none"
+    out = np.empty((n, *pixel_shape) if keep_pixels else (n,), dtype=np.float64)
+    for start in range(0, n, rows):
+        p = _numpy_to_tensor(arr[start : start + rows], np.float64)
+        if torch.isnan(p).any():
+            raise ValueError("probs contains NaN")
+        scores = kernel(expand_binary(p))
+        if not per_pixel:
+            scores = reduce_extra(scores, reduction, numpy=False)
+        out[start : start + rows] = scores.numpy()
+    if per_pixel:
+        return reduce_extra(torch.from_numpy(out), reduction, numpy=True)
+    return out
 
 
 def check_reduction(reduction: Reduction) -> None:

@@ -20,7 +20,15 @@ from __future__ import annotations
 
 import torch
 
-from al_lib.heuristics._arrays import Reduction, check_reduction, prepare_probs, reduce_extra
+from al_lib.heuristics._arrays import (
+    Reduction,
+    check_reduction,
+    is_numpy_like,
+    numpy_probs_shape_only,
+    prepare_probs,
+    reduce_extra,
+    score_numpy_chunked,
+)
 from al_lib.seeding import SeedLike, torch_generator
 
 __all__ = [
@@ -75,6 +83,9 @@ def _mean_std(p: torch.Tensor) -> torch.Tensor:
 
 def _score(kernel, probs, reduction: Reduction):
     check_reduction(reduction)  # fail on a typo before any work
+    if is_numpy_like(probs):
+        # Chunked over N: never converts the whole array to float64 (O(chunk) extra memory).
+        return score_numpy_chunked(kernel, probs, reduction)
     p, was_numpy = prepare_probs(probs)
     return reduce_extra(kernel(p), reduction, was_numpy)
 
@@ -158,4 +169,8 @@ def random(probs, *, seed: SeedLike = None, reduction: Reduction = "mean"):
         shape = (p.shape[0], *p.shape[2:-1])
         return torch.rand(shape, generator=gen, dtype=torch.float64).to(p.device, p.dtype)
 
+    if is_numpy_like(probs):
+        # Drawn in one go (chunking would change the draws); the values are never converted.
+        check_reduction(reduction)
+        return reduce_extra(kernel(numpy_probs_shape_only(probs)), reduction, True)
     return _score(kernel, probs, reduction)

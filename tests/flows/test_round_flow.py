@@ -129,7 +129,8 @@ def test_validation_failure_stops_the_round_before_training(make_workspace, caps
 
 def test_killed_round_resumes_without_redoing_or_losing_anything(make_workspace):
     """Kill the process during training; the rerun skips finished steps and keeps every label once."""
-    ws = make_workspace(training={"max_epochs": 40, "patience": None, "val_fraction": 0.2, "batch_size": 4})
+    # Training that would run for hours: the kill is sure to land in it.
+    ws = make_workspace(training={"max_epochs": 100000, "patience": None, "val_fraction": 0.2, "batch_size": 4})
     env = {**os.environ, "PREFECT_API_URL": ""}
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "simulate", str(ws.root), "--rounds", "1"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -147,6 +148,9 @@ def test_killed_round_resumes_without_redoing_or_losing_anything(make_workspace)
     labels_before = ws.path("data/labels.csv").read_bytes()
     tag_commit = versioning.head_commit(ws.root)
 
+    # Shorter training for the rerun: the params train reads change, validation's do not.
+    text = ws.path("params.yaml").read_text().replace("max_epochs: 100000", "max_epochs: 3")
+    ws.path("params.yaml").write_text(text)
     state = al_round(str(ws.root), simulate=True, return_state=True)
     result = state.result()
     assert task_states(state) == {"validate": "Cached", "snapshot": "Completed", "train": "Completed",
