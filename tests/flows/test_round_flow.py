@@ -125,6 +125,11 @@ def test_validation_failure_stops_the_round_before_training(make_workspace, caps
     assert not ws.path("models/model.pt").exists()
     assert versioning.list_round_tags(ws.root) == []
     assert ws.path("validation/data_docs/index.html").is_file()
+    # The failing rows are in a Prefect artifact, for the UI.
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get("validation-failures")
+    assert artifact is not None and ws.manifest()["path"].iloc[3] in artifact.data
 
 
 def test_killed_round_resumes_without_redoing_or_losing_anything(make_workspace):
