@@ -200,11 +200,13 @@ def cmd_import_labels(args) -> int:
     known = set(ws.manifest()["id"])
     frames = [read_annotations(f, known_ids=known, classes=params.classes) for f in args.files]
     inbox = ws.path(INBOX)
+    names = [f.name for f in args.files]
+    clashes = sorted({n for n in names if names.count(n) > 1 or (inbox / n).exists()})
+    if clashes:  # checked before copying anything: all files are queued, or none
+        raise FileExistsError(f"{inbox}: {', '.join(clashes)} already waiting or given twice: rename the new file")
     inbox.mkdir(parents=True, exist_ok=True)
     for f, frame in zip(args.files, frames):
         dest = inbox / f.name
-        if dest.exists():
-            raise FileExistsError(f"{dest} already waits in the inbox: rename the new file")
         tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.copyfile(f, tmp)
         os.replace(tmp, dest)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import inspect
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
@@ -23,6 +24,10 @@ from tasks.workspace import (
 )
 
 SNAPSHOT_PATHS = (PARAMS_FILE, MANIFEST, "dvc.yaml", "data/inbox/processed")
+
+
+class ValidationFailed(RuntimeError):
+    """The labelled set or manifest broke an expectation; see the validation-failures artifact."""
 
 
 def _code_digest(*functions) -> str:
@@ -51,10 +56,6 @@ def validate_task(workspace: str, round: int) -> dict:
                                  description=f"round {round}: failing rows")
         raise ValidationFailed(report.summary())
     return report.statistics
-
-
-class ValidationFailed(RuntimeError):
-    """The labelled set or manifest broke an expectation; see the validation-failures artifact."""
 
 
 @task(name="ingest-annotations", retries=2, retry_delay_seconds=1)

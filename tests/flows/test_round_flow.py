@@ -188,3 +188,20 @@ def test_every_command_has_help(capsys):
             main([command, "--help"])
         assert exit_.value.code == 0
         assert "usage: al " + command in capsys.readouterr().out
+
+
+def test_import_labels_queues_all_files_or_none(make_workspace, tmp_path, capsys):
+    ws = make_workspace()
+    truth = ws.oracle_labels()
+    (tmp_path / "a").mkdir()
+    truth.head(3).to_csv(tmp_path / "a" / "batch.csv", index=False)
+    truth.tail(3).to_csv(tmp_path / "other.csv", index=False)
+    (ws.path("data/inbox")).mkdir(parents=True, exist_ok=True)
+    ws.path("data/inbox/batch.csv").write_text("id,label\n")  # already waiting
+    code = main(["import-labels", str(ws.root), str(tmp_path / "other.csv"), str(tmp_path / "a" / "batch.csv")])
+    assert code == EXIT_BAD_INPUT and "batch.csv" in capsys.readouterr().err
+    assert not ws.path("data/inbox/other.csv").exists()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,label\nnope.png,0\n")
+    assert main(["import-labels", str(ws.root), str(bad)]) == EXIT_BAD_INPUT
+    assert "bad.csv, row 2" in capsys.readouterr().err and not ws.path("data/inbox/bad.csv").exists()
