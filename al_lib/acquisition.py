@@ -1,4 +1,10 @@
-"""Choose which pool samples to label next, given a model: one entry point for every strategy."""
+"""Choose which pool samples to label next, given a model: one entry point for every strategy.
+
+:func:`acquire` is the two-phase use of an :class:`al_lib.strategies.Strategy` — score the pool in
+one streaming pass (:class:`~al_lib.strategies.PoolScorer`), then ``strategy.select`` — which is
+exactly what the production pipeline runs as its score and query steps, so a library user,
+:func:`al_lib.loop.simulate` and the pipeline get the same picks from the same seed.
+"""
 
 from __future__ import annotations
 
@@ -9,34 +15,23 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from al_lib.inference import predict_mc, score_pool
+from al_lib.inference import iter_predict_mc
 from al_lib.seeding import check_random_state
+from al_lib.strategies import ScoredPool, Strategy, available_strategies, resolve_strategy
 
 logger = logging.getLogger(__name__)
 
-# Strategies that select a batch jointly rather than by a per-sample top-k.
+__all__ = ["BATCH_STRATEGIES", "acquire", "available_strategies"]
+
+#: Strategies that select a batch jointly or by sampling rather than by a per-sample top-k.
+#: Kept for callers that branch on names; prefer ``get_strategy(name).needs_joint``.
 BATCH_STRATEGIES = ("batch_bald", "power_bald", "power_entropy", "softmax_bald", "softrank_bald")
-# Stochastic batch acquisition (Kirsch et al.): a per-sample score, then a streamed sampler, so the
-# pool is scored in O(batch + k) memory (softrank keeps the [N] scores for its global ranks).
-STREAMED_SAMPLERS = {
-    "power_bald": ("bald", "power"),
-    "power_entropy": ("entropy", "power"),
-    "softmax_bald": ("bald", "softmax"),
-    "softrank_bald": ("bald", "softrank"),
-}
-
-
-def available_strategies() -> list[str]:
-    """Names accepted by :func:`acquire`."""
-    from al_lib.heuristics import HEURISTICS
-
-    return sorted(set(HEURISTICS) | set(BATCH_STRATEGIES))
 
 
 def acquire(
     model: nn.Module,
     pool: Dataset,
-    strategy: str,
+    strategy: str | Strategy,
     k: int,
     *,
     iterations: int = 20,
@@ -54,49 +49,44 @@ def acquire(
         Already MC-stochastic (see :func:`~al_lib.bayesian.patch_module`); unused for "random".
     pool : Dataset
         Items ``x`` or ``(x, ...)``.
-    strategy : str
-        A per-sample heuristic of :data:`al_lib.heuristics.HEURISTICS` (streamed, running top-k),
-        one of the stochastic samplers of Kirsch et al. (``STREAMED_SAMPLERS``: streamed,
-        running Gumbel top-k; same distribution as :func:`al_lib.heuristics.power_bald` & co.,
-        not the same draws for a given seed, except softrank), or "batch_bald" (needs the
-        whole [N, C, T] array).
+    strategy : str or Strategy
+        A name of :func:`available_strategies` or a :class:`~al_lib.strategies.Strategy`.
+        The pool is scored once, batch by batch, holding only the scores [N] (and, for BatchBALD,
+        the probs of its top-M candidates by BALD, never [N, C, T]).
     seed : int or None
-        Seeds MC sampling and stochastic selection: same seed, same model, same pool → same picks.
+        Seeds MC sampling and the selection: same seed, same model, same pool → same picks.
+        One generator gives first the MC seed, then the selection seed.
+    temperature : float
+        Of the stochastic samplers given by name (power_bald, ...); ignored by the others.
 
     Returns
     -------
     positions : ndarray of int64, shape [k]
         Positions in ``pool``, in acquisition order. Map them to sample ids with ``pool.ids``.
     scores : ndarray of float64, shape [k]
-        The per-sample score of each pick (NaN for BatchBALD, whose scores are joint).
+        The strategy's own score of each pick (NaN for random, the marginal joint-MI gain for
+        BatchBALD).
     """
-    from al_lib import heuristics
-
+    strategy = resolve_strategy(strategy, temperature=temperature)
     if not 0 <= k <= len(pool):
         raise ValueError(f"cannot acquire k={k} samples from a pool of {len(pool)}")
     rng = check_random_state(seed)
     mc_seed = int(rng.integers(2**31))
-    mc = dict(iterations=iterations, batch_size=batch_size, device=device, seed=mc_seed, progress=progress)
-    if strategy == "random":
-        positions = np.sort(rng.choice(len(pool), size=k, replace=False)).astype(np.int64)
-        return positions, np.full(k, np.nan)
-    if strategy in heuristics.HEURISTICS:
-        return score_pool(model, pool, strategy, k, **mc)
-    if strategy not in BATCH_STRATEGIES:
-        raise ValueError(f"unknown acquisition strategy {strategy!r}; choose from {available_strategies()}")
-    if strategy == "batch_bald" and not _has_consistent_samples(model):
-        logger.warning(
-            "BatchBALD compares MC sample t across inputs, but this model draws independent dropout "
-            "masks per input: patch it with patch_module(model, consistent=True)"
-        )
-    if strategy in STREAMED_SAMPLERS:
-        scorer, selection = STREAMED_SAMPLERS[strategy]
-        return score_pool(model, pool, scorer, k, selection=selection, temperature=temperature,
-                          selection_seed=int(rng.integers(2**31)), **mc)
-    probs = predict_mc(model, pool, **mc)
     select_seed = int(rng.integers(2**31))
-    positions = np.asarray(heuristics.batch_bald(probs, k, seed=select_seed), dtype=np.int64)
-    return positions, np.full(k, np.nan)
+    if strategy.needs_joint and not _has_consistent_samples(model):
+        logger.warning(
+            "%s compares MC sample t across inputs, but this model draws independent dropout "
+            "masks per input: patch it with patch_module(model, consistent=True)", strategy.name
+        )
+    if strategy.needs_probs:
+        scorer = strategy.pool_scorer(k)
+        for probs in iter_predict_mc(model, pool, iterations=iterations, batch_size=batch_size,
+                                     device=device, seed=mc_seed, progress=progress):
+            scorer.update(probs)
+        scored = scorer.result()
+    else:
+        scored = ScoredPool(np.full(len(pool), np.nan))
+    return tuple(strategy.select(scored.scores, k, seed=select_seed, joint=scored.joint))
 
 
 def _has_consistent_samples(model: nn.Module) -> bool:

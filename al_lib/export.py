@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from al_lib.atomic import atomic_write_text
+from al_lib.paths import relative_path_problem
 from al_lib.data.active_dataset import _check_classes, _check_round
 
 logger = logging.getLogger(__name__)
@@ -251,13 +252,12 @@ def _check_query_columns(queries: pd.DataFrame) -> None:
 
 
 def _relative_posix(path: str | os.PathLike, id_: Any) -> str:
-    """``path`` checked to stay inside the workspace (relative, no "..")."""
+    """``path`` checked to stay inside the workspace (:func:`al_lib.paths.relative_path_problem`)."""
     path = os.fspath(path)
-    pure = PurePosixPath(path)
-    if not path or pure.is_absolute() or ".." in pure.parts or "\\" in path:
-        raise ValueError(f"image path {path!r} of sample id {id_!r} must be a relative posix path inside "
-                         "the workspace")
-    return pure.as_posix()
+    problem = relative_path_problem(path)
+    if problem:
+        raise ValueError(f"image path of sample id {id_!r}: {problem}")
+    return PurePosixPath(path).as_posix()
 
 
 def _json_float(value: Any) -> float | None:

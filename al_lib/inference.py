@@ -5,6 +5,13 @@ along dim 0 (t-major, see :mod:`al_lib.bayesian.mc_aware`). By default (``engine
 part of the model from its first stochastic layer on is tiled: the deterministic prefix runs once
 per batch (:mod:`al_lib.prefix_cache`), which gives the same numbers as tiling the whole model
 (up to float rounding) for a fraction of the cost.
+
+Randomness: ``seed`` builds one CPU ``torch.Generator`` per call, and every mask drawn in the call
+derives from it -- each MC layer gets its own generator for the call
+(:func:`al_lib.bayesian.mc_aware.mc_generator`), consistent masks are drawn on the CPU so they are
+the same on every device, and random ops of foreign layers that can only use torch's global RNG
+run on a seeded fork of it (:func:`al_lib.seeding.isolated_torch_rng`). The caller's global RNG
+state is the same after the call, and nothing calls ``torch.manual_seed``.
 """
 
 from __future__ import annotations
@@ -21,16 +28,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from al_lib import prefix_cache
-from al_lib.bayesian.mc_aware import mc_aware_modules
+from al_lib.bayesian.mc_aware import mc_aware_modules, mc_generator
 from al_lib.bayesian.mc_aware import mc_iterations as declare_mc_iterations
 from al_lib.device import resolve_device
-from al_lib.sampling import RunningTopK, make_selector
+from al_lib.sampling import RunningTopK
+from al_lib.seeding import SeedLike, draw_seed, isolated_torch_rng, torch_generator
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["RunningTopK", "iter_predict_mc", "predict_mc", "score_pool"]
-
-Heuristic = str | Callable[[torch.Tensor], torch.Tensor]
 
 #: Default cap on the tiled rows of one forward pass (rows = samples x MC iterations).
 MAX_ROWS = 8192
@@ -44,7 +50,7 @@ def iter_predict_mc(
     batch_size: int = 128,
     device: str | torch.device | None = None,
     activation: str | Callable | None = "auto",
-    seed: int | None = None,
+    seed: SeedLike = None,
     num_workers: int = 0,
     progress: bool = True,
     engine: str = "auto",
@@ -70,14 +76,18 @@ def iter_predict_mc(
         T, the number of MC samples.
     activation : {"auto", "softmax", "sigmoid", None} or callable
         "auto" = softmax over dim 1, or sigmoid when C == 1 (binary: p(y=1)).
-    seed : int or None
-        Seeds torch's RNG (dropout masks) for the duration of the call without touching the
-        caller's RNG state; None leaves randomness unseeded.
+    seed : int, numpy Generator or None
+        Seeds every random draw of the call (see the module docstring): the same seed, model and
+        data give identical probabilities, and consistent dropout masks that do not depend on
+        the batch size, a sample's batch or which call (shard) scores it. None: a fresh
+        nondeterministic generator (never torch's global one). The caller's global RNG state is
+        never changed.
     engine : {"auto", "prefix", "full"}
         "auto": prefix-cached when the model has a deterministic prefix, else full tiling (the
         reason is logged at INFO); "prefix": require a prefix (ValueError otherwise); "full":
         tile the whole model. Both engines give the same probabilities up to float rounding —
-        and the same numbers for a given ``seed``, as the prefix draws no random numbers.
+        and the same numbers for a given ``seed``, as the prefix draws no random numbers and each
+        MC layer has its own stream.
     split : None, str or (nn.Module, nn.Module)
         Where to cut (see :func:`al_lib.prefix_cache.find_split`): None = automatic; a submodule
         name (the prefix ends with its output, e.g. ``"features"``); or a ``(prefix, tail)`` pair
@@ -101,13 +111,16 @@ def iter_predict_mc(
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be >= 1 or None, got {max_rows}")
+    # On the CPU, so the masks are the same on every device.
+    generator = torch_generator(seed)
+    # Each pass over a DataLoader draws a base seed for its workers: from this, not the global RNG.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_collate_inputs)
+                        collate_fn=_collate_inputs, generator=torch_generator(generator))
     tiled = _TiledPass(iterations, activation, _amp_dtype(device, amp), max_rows)
     with _eval_mode(model):
         model.to(device)  # before planning: the split's cache signature covers moved buffers
         plan = prefix_cache.plan_split(model, engine=engine, split=split)
-        yield from _predict_batches(model, plan, loader, tiled, device=device, seed=seed,
+        yield from _predict_batches(model, plan, loader, tiled, device=device, generator=generator,
                                     progress=progress, strict=engine == "prefix", split=split)
 
 
@@ -156,15 +169,15 @@ class _TiledPass:
 
 
 def _predict_batches(model: nn.Module, plan: prefix_cache.MCSplit, loader: DataLoader, tiled: _TiledPass, *,
-                     device: torch.device, seed: int | None, progress: bool, strict: bool,
+                     device: torch.device, generator: torch.Generator, progress: bool, strict: bool,
                      split) -> Iterator[torch.Tensor]:
-    """The batch loop of :func:`iter_predict_mc` for a planned split."""
+    """The batch loop of :func:`iter_predict_mc` for a planned split; every draw derives from ``generator``."""
     bar = tqdm(total=len(loader.dataset), desc=f"MC predict (T={tiled.iterations})", unit="sample",
                disable=not progress, leave=False)
     with contextlib.ExitStack() as scope:
         scope.callback(bar.close)
-        if seed is not None:
-            scope.enter_context(_seeded(seed, device))
+        # Our MC layers draw from their own generators; the tail may hold modules outside ``model``.
+        scope.enter_context(mc_generator(model, plan.tail, generator=torch_generator(generator)))
         scope.enter_context(torch.inference_mode())
         first = True
         for x in loader:
@@ -175,11 +188,17 @@ def _predict_batches(model: nn.Module, plan: prefix_cache.MCSplit, loader: DataL
                 scope.enter_context(declare_mc_iterations(plan.tail, tiled.iterations))
                 t_chunkable = not mc_aware_modules(plan.tail)
                 first = False
-            h = x
-            if plan.prefix is not None:
-                with tiled.autocast(device):
-                    h = plan.prefix(x)
-            yield tiled.probs(plan.tail, h, t_chunkable=t_chunkable)
+            # Foreign random ops (custom layers calling torch.rand*, functional dropout) can only
+            # draw from torch's global RNG: give them a seeded fork of it, per batch, so the caller
+            # gets its own RNG back while it holds a batch.
+            with isolated_torch_rng(draw_seed(generator), device):
+                h = x
+                if plan.prefix is not None:
+                    with tiled.autocast(device):
+                        h = plan.prefix(x)
+                probs = tiled.probs(plan.tail, h, t_chunkable=t_chunkable)
+            yield probs
+            del probs  # hold no reference while the next batch is computed: O(batch) memory
             bar.update(x.shape[0])
 
 
@@ -215,7 +234,7 @@ def predict_mc(model: nn.Module, dataset: Dataset, **kwargs) -> np.ndarray:
 def score_pool(
     model: nn.Module,
     dataset: Dataset,
-    heuristic: Heuristic,
+    heuristic,
     k: int,
     *,
     selection: str = "top_k",
@@ -225,22 +244,27 @@ def score_pool(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score a pool batch by batch and select k of it on the fly, in O(batch + k) memory.
 
-    No batch of probabilities outlives its scoring: nothing of size N x C x T is ever held.
+    No batch of probabilities outlives its scoring: nothing of size N x C x T is ever held
+    (BatchBALD keeps the probs of its M candidates, see :class:`al_lib.strategies.BatchBALDStrategy`).
+    This is :meth:`Strategy.stream <al_lib.strategies.Strategy.stream>`: the same picks as the
+    two-phase ``strategy.select(scores, k, seed=selection_seed, joint=...)`` on the whole pool.
 
     Parameters
     ----------
-    heuristic : str or callable
-        A name in :data:`al_lib.heuristics.HEURISTICS` or a function ``probs [B, C, T] -> [B]``
-        that accepts torch tensors (higher = more worth labelling).
+    heuristic : str, Strategy or callable
+        A strategy name (:func:`al_lib.strategies.available_strategies`: a per-sample heuristic
+        such as "bald", a sampler such as "power_bald", "random", "batch_bald"), a
+        :class:`~al_lib.strategies.Strategy`, or a function ``probs [B, C, T] -> [B]`` that
+        accepts torch tensors (higher = more worth labelling).
     k : int
         How many to return (``k > len(dataset)`` is an error).
     selection : {"top_k", "power", "softmax", "softrank"}
-        "top_k": the k highest scores. The others draw k without replacement (stochastic batch
-        acquisition, Kirsch et al.) with P ∝ ``score ** (1/temperature)``,
-        ``exp(score/temperature)`` or ``rank ** (-1/temperature)``; see
-        :func:`al_lib.sampling.make_selector` (softrank keeps the [N] scores).
+        With a per-sample heuristic (name or callable): "top_k" takes the k highest scores; the
+        others draw k without replacement (stochastic batch acquisition, Kirsch et al.) with
+        P ∝ ``score ** (1/temperature)``, ``exp(score/temperature)`` or ``rank ** (-1/temperature)``
+        (softrank keeps the [N] scores). Must stay "top_k" for the other strategies.
     temperature : float > 0
-        Of the stochastic selections.
+        Of the stochastic selections (and of a sampler strategy given by name).
     selection_seed : int, numpy Generator or None
         Seeds the stochastic selections (the ``seed`` keyword seeds the MC masks).
     **kwargs
@@ -249,26 +273,44 @@ def score_pool(
     Returns
     -------
     indices : ndarray of int64, shape [k]
-        Positions in ``dataset``: best first for "top_k" (ties → lower position), in draw order
-        otherwise. Map them to sample ids with ``dataset.ids`` — never store positions.
+        Positions in ``dataset``: best first for "top_k" (ties → lower position), in acquisition
+        order otherwise. Map them to sample ids with ``dataset.ids`` — never store positions.
     scores : ndarray of float64, shape [k]
-        The heuristic score of each pick.
+        The strategy's own score of each pick (NaN for random, the joint-MI gain for BatchBALD).
     """
-    from al_lib.heuristics import HEURISTICS
-
-    if isinstance(heuristic, str):
-        if heuristic not in HEURISTICS:
-            raise ValueError(f"unknown heuristic {heuristic!r}; choose from {sorted(HEURISTICS)}")
-        heuristic = HEURISTICS[heuristic]
+    strategy = _pool_strategy(heuristic, selection, temperature)
     if not 0 <= k <= len(dataset):
         raise ValueError(f"cannot select k={k} samples from a pool of {len(dataset)}")
-    selector = make_selector(selection, k, temperature=temperature, seed=selection_seed)
-    offset = 0
-    for probs in iter_predict_mc(model, dataset, **kwargs):
-        scores = heuristic(probs).double().cpu().numpy()
-        selector.update(scores, np.arange(offset, offset + len(scores)))
-        offset += len(scores)
-    return selector.result()
+    stream = strategy.stream(k, seed=selection_seed)
+    if not strategy.needs_probs:
+        stream.skip(len(dataset))
+    else:
+        for probs in iter_predict_mc(model, dataset, **kwargs):
+            stream.update(probs)
+    return tuple(stream.result())
+
+
+def _pool_strategy(heuristic, selection: str, temperature: float):
+    """The :class:`~al_lib.strategies.Strategy` that ``score_pool``'s arguments name."""
+    from al_lib import strategies
+
+    if selection not in _POOL_SELECTIONS:
+        raise ValueError(f"unknown selection {selection!r}; choose from {_POOL_SELECTIONS}")
+    if isinstance(heuristic, str) and heuristic not in strategies.STRATEGIES:
+        raise ValueError(f"unknown heuristic {heuristic!r}; choose from {strategies.available_strategies()}")
+    if callable(heuristic):  # a scorer function (a Strategy is not callable)
+        base = strategies.TopKStrategy(name=getattr(heuristic, "__name__", "heuristic"), heuristic=heuristic)
+    else:
+        base = strategies.resolve_strategy(heuristic, temperature=temperature)
+    if selection == "top_k":
+        return base
+    if not isinstance(base, strategies.TopKStrategy):
+        raise ValueError(f"selection={selection!r} applies to a per-sample heuristic, not to {base.name!r}")
+    return strategies.SamplingStrategy(name=f"{selection}_{base.name}", heuristic=base.heuristic, sampler=selection,
+                                       temperature=temperature, reduction=base.reduction)
+
+
+_POOL_SELECTIONS = ("top_k", "power", "softmax", "softrank")
 
 
 def _collate_inputs(items: list) -> torch.Tensor:
@@ -294,14 +336,6 @@ def _to_mc_probs(logits: torch.Tensor, iterations: int, activation) -> torch.Ten
         raise ValueError(f"unknown activation {activation!r}")
     probs = probs.reshape(iterations, probs.shape[0] // iterations, *probs.shape[1:])
     return probs.movedim(0, -1)
-
-
-@contextlib.contextmanager
-def _seeded(seed: int, device: torch.device):
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def _amp_dtype(device: torch.device, amp: bool | torch.dtype | None) -> torch.dtype | None:

@@ -22,6 +22,7 @@ from al_lib.inference import predict_mc
 from al_lib.metrics import evaluate
 from al_lib.sampling import subsample_indices
 from al_lib.seeding import check_random_state
+from al_lib.strategies import Strategy, get_strategy
 from al_lib.training import fit, snapshot_state
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def simulate(
     model_factory: Callable[[], nn.Module],
     *,
     test_set: Dataset,
-    strategy: str = "bald",
+    strategy: str | Strategy = "bald",
     initial_labels: int = 20,
     query_size: int = 10,
     rounds: int = 10,
@@ -87,7 +88,7 @@ def simulate(
 
     Round r: train (from the initial weights when ``reset_weights``, Gal et al. 2017) on the
     labels so far → evaluate on ``test_set`` with MC-averaged predictions → subsample the pool →
-    score it with ``strategy`` → the oracle labels the top ``query_size``. The last round only
+    score it with ``strategy`` → the oracle labels its ``query_size`` picks. The last round only
     trains and evaluates.
 
     Parameters
@@ -99,8 +100,10 @@ def simulate(
         (consistent masks for BatchBALD).
     test_set : Dataset
         Items ``(x, y)`` for the metrics of each round.
-    strategy : str
-        See :func:`al_lib.acquisition.available_strategies`.
+    strategy : str or Strategy
+        A name of :func:`al_lib.strategies.available_strategies` or a
+        :class:`~al_lib.strategies.Strategy` (e.g. ``get_strategy("power_bald", temperature=0.5)``);
+        queries are chosen by :func:`al_lib.acquisition.acquire`, as the pipeline chooses them.
     initial_labels : int
         B, labelled uniformly at random before round 0.
     pool_subsample : int, float or None
@@ -117,20 +120,21 @@ def simulate(
         epochs, seconds_train, seconds_eval, seconds_score, queried_ids (list).
     """
     device = resolve_device(device)
+    strategy = get_strategy(strategy)
     rng = check_random_state(seed)
     targets = _targets(dataset)
     n_classes = int(n_classes or targets.max() + 1)
     test_targets = _targets(test_set)
     oracle = NoisyOracle(targets, n_classes, noise=label_noise, seed=rng)
     state = ActiveLearningDataset(dataset, classes=n_classes)
-    model = _mc_model(model_factory(), consistent=strategy == "batch_bald")
+    model = _mc_model(model_factory(), consistent=strategy.needs_joint)
     initial = snapshot_state(model)
     fit_kwargs = {"progress": False, **(fit_kwargs or {})}
 
     first = rng.choice(state.pool_ids, size=initial_labels, replace=False)
     state.label(first, oracle(first), round=0, source="oracle")
     rows = []
-    for r in tqdm(range(rounds), desc=f"simulate {strategy}", disable=not progress):
+    for r in tqdm(range(rounds), desc=f"simulate {strategy.name}", disable=not progress):
         row = {"round": r, "n_labelled": state.n_labelled, "n_noisy_labels": oracle.n_flipped}
         t0 = time.perf_counter()
         result = fit(model, state.labelled, initial_state=initial if reset_weights else None,
@@ -153,7 +157,7 @@ def simulate(
             queried = pool.ids[candidates[picks]].tolist()
             state.label(queried, oracle(queried), round=r + 1, source="oracle")
         row.update(seconds_score=time.perf_counter() - t2, queried_ids=queried)
-        logger.info("%s round %d: %d labels, accuracy %.4f, nll %.4f", strategy, r,
+        logger.info("%s round %d: %d labels, accuracy %.4f, nll %.4f", strategy.name, r,
                     row["n_labelled"], row["accuracy"], row["nll"])
         rows.append(row)
     return pd.DataFrame(rows)

@@ -21,7 +21,7 @@ and says why; inference then tiles the whole model. Analyses are cached per mode
 its modules, parameters or buffers are replaced. Traced graphs are specialised to ``eval()`` mode,
 the only mode MC inference runs in.
 
-"Stochastic" means: an :class:`~al_lib.bayesian.MCDropout`, any
+"Stochastic" means: any :class:`~al_lib.bayesian.MCStochasticModule` (MC dropout, DropConnect) or
 :class:`~al_lib.bayesian.MCAwareModule`, a module containing one, or a traced random op (torch.rand*,
 bernoulli, functional dropout with ``training=True``, ...). A module we cannot analyse (a custom
 module fx cannot trace) counts as stochastic: putting a deterministic layer in the tail only costs
@@ -39,8 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from al_lib.bayesian.dropout import MCDropout
-from al_lib.bayesian.mc_aware import MCAwareModule
+from al_lib.bayesian.mc_aware import MCAwareModule, MCStochasticModule
 
 logger = logging.getLogger(__name__)
 
@@ -219,8 +218,8 @@ def check_prefix_output(split: MCSplit, x: torch.Tensor) -> str | None:
 
 
 def is_stochastic_module(module: nn.Module) -> bool:
-    """Whether ``module`` itself samples in eval mode: MC dropout or any MC-aware module."""
-    return isinstance(module, (MCDropout, MCAwareModule))
+    """Whether ``module`` itself samples in eval mode: an MC-stochastic or MC-aware module."""
+    return isinstance(module, (MCStochasticModule, MCAwareModule))
 
 
 def contains_stochastic(module: nn.Module) -> bool:

@@ -8,11 +8,10 @@ deterministic models (use :func:`al_lib.inference.predict_mc` for MC predictions
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -22,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from al_lib.device import resolve_device
-from al_lib.seeding import SeedLike, torch_generator
+from al_lib.seeding import SeedLike, isolated_torch_rng, torch_generator
 
 __all__ = ["FitResult", "fit", "isolated_torch_rng", "predict_proba", "snapshot_state"]
 
@@ -80,27 +79,6 @@ def snapshot_state(model: nn.Module) -> dict[str, torch.Tensor]:
     the model between acquisition rounds) or to keep a best checkpoint.
     """
     return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
-
-
-@contextlib.contextmanager
-def isolated_torch_rng(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
-    """Run a block under torch's global RNG seeded with ``seed``, restoring the caller's state after.
-
-    Layers such as dropout and weight initialisers draw from torch's *global* RNG with no way to
-    pass a generator; forking it makes such code deterministic without changing what the caller's
-    RNG produces next. Only the CPU RNG and, for a CUDA ``device``, that device's RNG are forked and
-    seeded (``torch.manual_seed`` would also seed other GPUs, outside the fork).
-    """
-    device = torch.device(device)
-    cuda_index = None
-    if device.type == "cuda":
-        cuda_index = device.index if device.index is not None else torch.cuda.current_device()
-    with torch.random.fork_rng(devices=[] if cuda_index is None else [cuda_index]):
-        torch.default_generator.manual_seed(seed)
-        if cuda_index is not None:
-            with torch.cuda.device(cuda_index):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 def _first(batch):
@@ -319,10 +297,12 @@ def fit(
     amp : bool or None, mixed precision (float16 autocast + GradScaler) on CUDA when None or
         True; always off on CPU.
     seed : int, numpy Generator or None. Seeds the validation split, the shuffling and, through
-        :func:`isolated_torch_rng`, torch's global RNG *inside* ``fit`` only: dropout draws its
-        masks from the global RNG and cannot take a generator, so training runs in a forked,
-        seeded RNG and the caller's RNG state is the same afterwards. Same seed → same weights on
-        CPU (CUDA kernels may still be non-deterministic).
+        :func:`al_lib.seeding.isolated_torch_rng`, torch's global RNG *inside* ``fit`` only:
+        ``nn.Dropout`` (and MC layers, which get an explicit generator only during an MC pass)
+        draws its masks from the global RNG, so training runs on a fork of the CPU RNG and of the
+        used CUDA device's RNG, seeded without ``torch.manual_seed``; the caller's RNG state is the
+        same afterwards. Same seed → same weights on CPU (CUDA kernels may still be
+        non-deterministic).
     num_workers : int, DataLoader workers (seeded from ``seed``).
     progress : bool, tqdm bar over epochs (train loss, val loss, val accuracy); False prints nothing.
     callbacks : sequence of callables ``callback(record, model) -> bool | None`` called after every

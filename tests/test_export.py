@@ -88,8 +88,8 @@ def test_label_studio_tasks(queries):
 
 @pytest.mark.parametrize("paths, needle", [
     ({"s7": "a.png", "s2": "b.png"}, "no image path for sample id 's9'"),
-    ({**PATHS, "s2": "/abs/s2.png"}, "relative posix path"),
-    ({**PATHS, "s2": "../outside.png"}, "relative posix path"),
+    ({**PATHS, "s2": "/abs/s2.png"}, "sample id 's2': path '/abs/s2.png' is absolute"),
+    ({**PATHS, "s2": "../outside.png"}, "sample id 's2': path '../outside.png' escapes the root"),
 ])
 def test_label_studio_tasks_rejects_bad_paths(queries, paths, needle):
     with pytest.raises(ValueError, match=needle):

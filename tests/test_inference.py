@@ -55,6 +55,73 @@ def test_seed_is_reproducible_and_leaves_global_rng_alone():
     assert not np.allclose(a, c)
 
 
+@pytest.mark.parametrize("seed", [None, 7, "numpy"])
+def test_the_global_rng_is_neither_used_nor_consumed(seed):
+    """Results do not depend on torch's global RNG, and its next draws are what they would have been."""
+    m = mlp()
+    x = torch.randn(9, 4)
+    make = (lambda: np.random.default_rng(7)) if seed == "numpy" else (lambda: seed)
+    torch.manual_seed(123)
+    expected_next = torch.rand(5)
+    torch.manual_seed(123)
+    a = predict_mc(m, Pairs(x), iterations=4, batch_size=4, seed=make(), progress=False)
+    np.testing.assert_array_equal(torch.rand(5).numpy(), expected_next.numpy())
+    torch.manual_seed(456)  # another global state: the same numbers for a fixed seed
+    b = predict_mc(m, Pairs(x), iterations=4, batch_size=4, seed=make(), progress=False)
+    if seed is None:
+        assert not np.allclose(a, b)  # fresh entropy each call, never the (reset) global stream
+    else:
+        np.testing.assert_array_equal(a, b)
+
+
+def test_streaming_hands_the_caller_its_own_rng_between_batches():
+    """The caller may draw from the global RNG while it holds a batch: that draws what it would anyway."""
+    m = nn.Sequential(nn.Linear(4, 8), Noise(), nn.Linear(8, 3))  # a foreign layer on the global RNG
+    x = torch.randn(12, 4)
+    torch.manual_seed(5)
+    expected = [torch.rand(2) for _ in range(3)]
+    torch.manual_seed(5)
+    got = [torch.rand(2) for _ in iter_predict_mc(m, x, iterations=2, batch_size=4, seed=0, progress=False)]
+    torch.testing.assert_close(got, expected)
+    # ... and the foreign layer itself is seeded by ``seed``.
+    a = predict_mc(m, x, iterations=2, seed=0, progress=False)
+    np.testing.assert_array_equal(a, predict_mc(m, x, iterations=2, seed=0, progress=False))
+    assert np.abs(a[..., 0] - a[..., 1]).max() > 1e-4
+
+
+class Noise(nn.Module):
+    """A custom random layer that can only use torch's global RNG."""
+
+    def forward(self, x):
+        return x + torch.randn_like(x)
+
+
+def consistent_mlp():
+    torch.manual_seed(0)
+    return patch_module(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3)),
+                        consistent=True)
+
+
+def test_one_call_equals_two_halves_with_the_same_seed():
+    """Dask sharding relies on it: with consistent masks a sample's scores do not depend on its shard."""
+    from al_lib.heuristics import bald, top_k
+
+    m = consistent_mlp()
+    x = torch.randn(30, 4)
+    whole = predict_mc(m, x, iterations=6, batch_size=8, seed=9, progress=False)
+    halves = [predict_mc(m, part, iterations=6, batch_size=5, seed=9, progress=False) for part in (x[:13], x[13:])]
+    np.testing.assert_allclose(np.concatenate(halves), whole, rtol=1e-5, atol=1e-6)
+    picks = [score_pool(m, part, "bald", 4, iterations=6, batch_size=5, seed=9, progress=False)
+             for part in (x[:13], x[13:])]
+    merged_ids = np.concatenate([picks[0][0], picks[1][0] + 13])
+    merged_scores = np.concatenate([picks[0][1], picks[1][1]])
+    expected = top_k(bald(whole), 4)
+    np.testing.assert_array_equal(merged_ids[top_k(merged_scores, 4)], expected)
+    # Another seed draws other masks.
+    other = predict_mc(m, x, iterations=6, batch_size=8, seed=10, progress=False)
+    assert np.abs(other - whole).max() > 1e-3
+
+
 def test_binary_single_logit_gives_p_of_class_one():
     m = mlp(out=1)
     probs = predict_mc(m, torch.randn(7, 4), iterations=3, progress=False)
@@ -164,17 +231,21 @@ def test_score_pool_stochastic_selection_matches_the_selector_on_full_scores(sel
     np.testing.assert_allclose(scores, bald(full)[idx], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("strategy", ["power_bald", "power_entropy", "softmax_bald", "softrank_bald"])
-def test_acquire_streams_the_stochastic_samplers(strategy, monkeypatch):
-    import al_lib.acquisition as acquisition
+def test_score_pool_takes_strategies_by_name_or_instance():
+    from al_lib.heuristics import bald, power_sampling
+    from al_lib.strategies import get_strategy
 
-    def no_full_array(*args, **kwargs):
-        raise AssertionError("the stochastic samplers must not build the [N, C, T] array")
-
-    monkeypatch.setattr(acquisition, "predict_mc", no_full_array)
-    m, x = mlp(), torch.randn(25, 4)
-    a = acquisition.acquire(m, x, strategy, 5, iterations=4, seed=3, progress=False)
-    b = acquisition.acquire(m, x, strategy, 5, iterations=4, seed=3, progress=False)
-    np.testing.assert_array_equal(a[0], b[0])
-    np.testing.assert_array_equal(a[1], b[1])
-    assert len(set(a[0].tolist())) == 5 and np.all(a[1] >= -1e-6)
+    m, x = mlp(), torch.randn(30, 4)
+    full = predict_mc(m, x, iterations=5, batch_size=8, seed=4, progress=False)
+    batches = iter_predict_mc(m, x, iterations=5, batch_size=8, seed=4, progress=False)
+    scores = np.concatenate([get_strategy("bald").score_batch(b) for b in batches])
+    run = dict(iterations=5, batch_size=8, seed=4, progress=False, selection_seed=2)
+    by_name = score_pool(m, x, "power_bald", 6, temperature=0.5, **run)
+    by_instance = score_pool(m, x, get_strategy("power_bald", temperature=0.5), 6, **run)
+    np.testing.assert_array_equal(by_name[0], power_sampling(scores, 6, temperature=0.5, seed=2))
+    np.testing.assert_array_equal(by_instance[0], by_name[0])
+    np.testing.assert_allclose(by_name[1], bald(full)[by_name[0]], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="per-sample heuristic"):
+        score_pool(m, x, "batch_bald", 2, selection="power", **run)
+    with pytest.raises(ValueError, match="unknown selection"):
+        score_pool(m, x, "bald", 2, selection="uniform", **run)

@@ -6,6 +6,7 @@ from torch.utils.data import Subset
 
 from al_lib.data import load_digits
 from al_lib.loop import NoisyOracle, simulate
+from al_lib.strategies import get_strategy
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,21 @@ def test_rows_budget_and_determinism(digits_split):
     assert pd_cols <= set(a.columns)
     queried = [i for ids in a.queried_ids for i in ids]
     assert len(queried) == len(set(queried)) == 20
+
+
+def test_a_strategy_object_queries_as_its_name(digits_split):
+    by_name = run(digits_split, "power_entropy", 1, rounds=2, pool_subsample=150)
+    by_object = run(digits_split, get_strategy("power_entropy"), 1, rounds=2, pool_subsample=150)
+    assert by_name.queried_ids.tolist() == by_object.queried_ids.tolist()
+    hot = run(digits_split, get_strategy("power_entropy", temperature=1e-6), 1, rounds=2, pool_subsample=150)
+    top = run(digits_split, "entropy", 1, rounds=2, pool_subsample=150)
+    assert sorted(hot.queried_ids.iloc[0]) == sorted(top.queried_ids.iloc[0])  # T -> 0 is top-k
+
+
+def test_batch_bald_gets_consistent_masks(digits_split, caplog):
+    with caplog.at_level("WARNING", logger="al_lib.acquisition"):
+        df = run(digits_split, "batch_bald", 2, rounds=2, pool_subsample=100)
+    assert len(df.queried_ids.iloc[0]) == 10 and "consistent" not in caplog.text
 
 
 def test_label_noise_is_counted(digits_split):

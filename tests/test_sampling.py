@@ -7,7 +7,16 @@ from torch.utils.data import Dataset, Subset
 from al_lib.bayesian import patch_module
 from al_lib.heuristics import power_sampling, softmax_sampling, softrank_sampling
 from al_lib.inference import score_pool
-from al_lib.sampling import RunningTopK, StreamingGumbelTopK, gumbel_noise, make_selector, subsample_indices
+from al_lib.sampling import (
+    GumbelTopK,
+    RunningTopK,
+    Selection,
+    StreamingGumbelTopK,
+    gumbel_noise,
+    make_selector,
+    noise_seed,
+    subsample_indices,
+)
 
 
 def stream(selector, scores, chunk):
@@ -103,10 +112,51 @@ def test_same_seed_same_picks_whatever_the_chunking(selection):
     assert not np.array_equal(other, idx)
 
 
-def test_softrank_is_exactly_the_non_streaming_sampler():
+@pytest.mark.parametrize(
+    "selection,sampler", [("power", power_sampling), ("softmax", softmax_sampling), ("softrank", softrank_sampling)]
+)
+def test_streamed_selectors_pick_exactly_what_the_array_samplers_pick(selection, sampler):
+    """One Gumbel top-k: the same keys per position, so a stream and the whole array agree."""
     scores = np.random.default_rng(1).random(60)
-    idx, _ = stream(make_selector("softrank", 8, temperature=2.0, seed=4), scores, 9)
-    np.testing.assert_array_equal(idx, softrank_sampling(scores, 8, temperature=2.0, seed=4))
+    for seed in range(5):
+        idx, got = stream(make_selector(selection, 8, temperature=2.0, seed=seed), scores, 9)
+        np.testing.assert_array_equal(idx, sampler(scores, 8, temperature=2.0, seed=seed))
+        np.testing.assert_array_equal(got, scores[idx])
+
+
+def test_gumbel_top_k_keys_are_log_weight_plus_positional_noise():
+    log_w = np.log(np.random.default_rng(2).random(50))
+    log_w[[3, 17]] = -np.inf  # weight 0: after every positive one, ranked by their noise alone
+    draw = GumbelTopK(50, seed=8)
+    for start in range(0, 50, 11):  # out of order, in uneven chunks
+        draw.update(log_w[start : start + 11][::-1], np.arange(start, min(start + 11, 50))[::-1])
+    noise = gumbel_noise(noise_seed(8), np.arange(50))
+    keys = np.where(np.isinf(log_w), -np.inf, log_w + noise)
+    expected = sorted(range(50), key=lambda i: (-keys[i], -noise[i]))
+    positions, values = draw.result()
+    assert positions.tolist() == expected and positions[-2:].tolist() in ([3, 17], [17, 3])
+    np.testing.assert_array_equal(values, log_w[positions])
+
+
+def test_uniform_selection_ignores_scores_and_is_seeded():
+    scores = np.array([np.nan, 5.0, -1.0, 0.0, np.nan])
+    a = stream(make_selector("uniform", 5, seed=1), scores, 2)
+    assert isinstance(a, Selection) and sorted(a.positions.tolist()) == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(a.scores, scores[a.positions])  # carried along, NaN included
+    np.testing.assert_array_equal(stream(make_selector("uniform", 5, seed=1), scores, 5).positions, a.positions)
+    firsts = np.bincount([stream(make_selector("uniform", 1, seed=s), scores, 3).positions[0] for s in range(2000)],
+                         minlength=5)
+    assert np.all(np.abs(firsts / 2000 - 0.2) < 4 * np.sqrt(0.2 * 0.8 / 2000))
+
+
+def test_running_top_k_edge_cases():
+    best = RunningTopK(0)
+    best.update(np.array([1.0, 2.0]), np.array([0, 1]))
+    assert best.result().positions.shape == (0,)
+    best = RunningTopK(3)
+    best.update(np.empty(0), np.empty(0, dtype=np.int64))
+    best.update(np.array([2.0, 2.0, 2.0, 2.0]), np.array([9, 4, 7, 5]))
+    assert best.result().positions.tolist() == [4, 5, 7]  # all tie at the k-th score: lowest positions
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,22 @@ def test_same_seed_same_weights_and_global_rng_untouched(digits):
     assert not _same_weights(models[0], models[2])
 
 
+def test_mc_layers_train_on_the_forked_seeded_global_rng(digits):
+    """Patched (consistent) MC layers have no pass generator in training: they draw, like nn.Dropout,
+    from fit's seeded fork of the global RNG."""
+    from al_lib.bayesian import patch_module, stochastic_modules
+
+    train, _ = digits
+    subset = Subset(train, range(300))
+    before = torch.get_rng_state()
+    models = [patch_module(_mlp(hidden=32), consistent=True) for _ in range(3)]
+    for model, seed in zip(models, (4, 4, 5)):
+        fit(model, subset, max_epochs=2, seed=seed, **FAST)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert _same_weights(models[0], models[1]) and not _same_weights(models[0], models[2])
+    assert all(m.generator is None for m in stochastic_modules(models[0]))
+
+
 def test_initial_state_resets_weights(digits):
     train, _ = digits
     subset = Subset(train, range(200))

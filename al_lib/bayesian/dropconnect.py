@@ -7,16 +7,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from al_lib.bayesian.mc_aware import MCAwareModule
+from al_lib.bayesian.dropout import dropout_from
+from al_lib.bayesian.mc_aware import MCAwareModule, MCStochasticModule
 
 DROPCONNECT_CLASSES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-class MCDropConnect(MCAwareModule):
+class MCDropConnect(MCAwareModule, MCStochasticModule):
     """Wraps a Linear/Conv layer; each forward pass drops each weight with probability ``p``.
 
     The weight mask is shared by all rows of one pass, so in a tiled MC pass each of the T
-    chunks gets its own mask (otherwise the T "samples" would be one sample repeated).
+    chunks gets its own mask (otherwise the T "samples" would be one sample repeated). Inside an
+    MC pass the masks come from the pass's generator (see
+    :func:`~al_lib.bayesian.mc_aware.mc_generator`), drawn on the weight's device; otherwise from
+    torch's global RNG.
 
     Parameters
     ----------
@@ -41,7 +45,12 @@ class MCDropConnect(MCAwareModule):
         return out.reshape(x.shape[0], *out.shape[2:])
 
     def _forward_once(self, x: torch.Tensor) -> torch.Tensor:
-        weight = F.dropout(self.layer.weight, self.p, training=True)
+        weight = self.layer.weight
+        generator = self.generator_on(weight.device)
+        if generator is None:
+            weight = F.dropout(weight, self.p, training=True)
+        else:
+            weight = dropout_from(generator, weight, self.p)
         return functional_call(self.layer, {"weight": weight}, (x,))
 
     def restore(self) -> nn.Module:

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from al_lib.bayesian.mc_aware import MCAwareModule
+from al_lib.bayesian.mc_aware import MCAwareModule, MCStochasticModule
+from al_lib.seeding import draw_seed
 
 # Dropout classes we patch, and whether their mask covers whole channels (dim 1) or single elements.
 DROPOUT_CLASSES: dict[type[nn.Module], bool] = {
@@ -33,8 +34,12 @@ _FUNCTIONAL = {
 }
 
 
-class MCDropout(nn.Module):
+class MCDropout(MCStochasticModule):
     """A dropout layer that samples a fresh mask on every forward pass, in train and eval mode alike.
+
+    Inside an MC pass (see :func:`~al_lib.bayesian.mc_aware.mc_generator`) masks come from the
+    pass's generator (:func:`dropout_from`); otherwise from torch's global RNG, exactly as the
+    layer it replaced would draw them in training mode.
 
     Parameters
     ----------
@@ -50,6 +55,9 @@ class MCDropout(nn.Module):
         self.inplace = bool(getattr(original, "inplace", False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        generator = self.generator_on(x.device)
+        if generator is not None:
+            return dropout_from(generator, x, self.p, self.original_class)
         if self.original_class is nn.Dropout and _use_fast_path(x, self.p):
             return fast_dropout(x, self.p)
         return _FUNCTIONAL[self.original_class](x, self.p, training=True, inplace=False)
@@ -63,26 +71,34 @@ class MCDropout(nn.Module):
 
 
 class ConsistentMCDropout(MCDropout, MCAwareModule):
-    """MC dropout whose T masks are fixed: MC sample t sees the same mask in every minibatch.
+    """MC dropout whose T masks are fixed for an MC pass: sample t sees the same mask in every batch.
 
     BatchBALD's joint entropy compares the t-th MC sample across different inputs, which is only
     meaningful when sample t is one fixed function (Kirsch et al. 2019, "consistent MC dropout").
-    During a tiled MC pass (see :mod:`al_lib.bayesian.mc_aware`) mask t comes from a generator
-    seeded with ``seed``; outside one (training, plain calls) it behaves like :class:`MCDropout`.
-    Call :meth:`reset_masks` to draw new masks (e.g. once per acquisition round).
+    During a tiled MC pass (see :mod:`al_lib.bayesian.mc_aware`) the T masks ``[T, *mask_shape]``
+    are drawn once, on the CPU (so they are the same on every device), from a seed this layer takes
+    from the pass's generator when it is handed one: the same pass seed gives the same masks
+    whatever the batch size, a sample's position in its batch, or which call or shard it is scored
+    in; another seed gives other masks. A tiled pass without a generator draws its masks from
+    torch's global RNG. Outside a tiled pass (training, plain calls) it behaves like
+    :class:`MCDropout`.
     """
 
-    def __init__(self, original: nn.Module, seed: int = 0) -> None:
+    def __init__(self, original: nn.Module) -> None:
         MCDropout.__init__(self, original)
         self.mc_iterations = None
-        self.seed = int(seed)
+        self._mask_seed: int | None = None
         self._masks: dict[tuple, torch.Tensor] = {}
 
-    def reset_masks(self, seed: int | None = None) -> None:
-        """Forget the cached masks; the next tiled pass draws new ones (from ``seed`` if given)."""
-        if seed is not None:
-            self.seed = int(seed)
+    def set_generator(self, generator: torch.Generator | None) -> None:
+        super().set_generator(generator)
+        # Taken before any other draw, so the masks depend on the pass's seed alone.
+        self._mask_seed = None if generator is None else draw_seed(generator)
         self._masks.clear()
+
+    def set_mc_iterations(self, iterations: int | None) -> None:
+        super().set_mc_iterations(iterations)
+        self._masks.clear()  # masks live for one pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mc_iterations is None:
@@ -98,34 +114,75 @@ class ConsistentMCDropout(MCDropout, MCAwareModule):
         mask_shape = (sample_shape[0],) + (1,) * (len(sample_shape) - 1) if channelwise else tuple(sample_shape)
         key = (mask_shape, self.mc_iterations, str(device))
         if key not in self._masks:
-            # Drawn on the CPU so the masks are the same whatever the device.
-            gen = torch.Generator().manual_seed(self.seed)
+            # A fresh CPU generator per key: the masks do not depend on the device or on other shapes.
+            gen = None if self._mask_seed is None else torch.Generator().manual_seed(self._mask_seed)
             keep = torch.rand((self.mc_iterations, *mask_shape), generator=gen) >= self.p
             self._masks[key] = keep.to(device)
         return self._masks[key]
+
+
+def dropout_from(generator: torch.Generator, x: torch.Tensor, p: float,
+                 kind: type[nn.Module] = nn.Dropout) -> torch.Tensor:
+    """Training-mode dropout of kind ``kind`` on ``x``, its mask drawn from ``generator``.
+
+    Parameters
+    ----------
+    generator : torch.Generator on ``x.device``
+    x : tensor ``[N, C, ...]`` (channel-wise kinds drop whole ``x[n, c]`` slices; an unbatched
+        ``[C, ...]`` input of Dropout1d/Dropout3d drops whole ``x[c]``, as torch does)
+    p : float in [0, 1], the drop probability
+    kind : one of ``DROPOUT_CLASSES``
+
+    Returns
+    -------
+    tensor shaped like ``x``: the same distribution as ``kind``'s own training-mode forward
+    (element-wise ``nn.Dropout`` of at least ``FAST_DROPOUT_MIN_NUMEL`` elements uses
+    :func:`fast_dropout`, on any device), but never torch's global RNG.
+    """
+    if kind is nn.Dropout and _use_fast_path(x, p, any_device=True):
+        return fast_dropout(x, p, generator=generator)
+    alpha = kind in _ALPHA_CLASSES
+    if p == 0.0 or p == 1.0:
+        return _apply_mask(x, None, p, alpha)
+    shape = _mask_shape(kind, x.shape)
+    keep = torch.rand(shape, generator=generator, device=x.device) >= p
+    return _apply_mask(x, keep.to(x.dtype), p, alpha)
+
+
+def _mask_shape(kind: type[nn.Module], shape: torch.Size) -> tuple[int, ...]:
+    """Shape of ``kind``'s mask for an input of ``shape`` (broadcast over the dims set to 1)."""
+    if not DROPOUT_CLASSES[kind] or len(shape) < 2:
+        return tuple(shape)
+    unbatched = (kind is nn.Dropout1d and len(shape) == 2) or (kind is nn.Dropout3d and len(shape) == 4)
+    channel_dims = 1 if unbatched else 2
+    return tuple(shape[:channel_dims]) + (1,) * (len(shape) - channel_dims)
 
 
 # Fast element-wise dropout masks.
 #
 # torch's dropout draws one float per element from the generator; on the CPU that RNG is most of the
 # cost of an MC dropout pass over a conv feature map. Instead we draw uniformly random 64-bit words
-# (``random_(-2**63, None)`` covers the full 64-bit range, so every bit is a fair coin) from the same
-# global generator -- ``torch.manual_seed`` / ``predict_mc(seed=...)`` still make the masks
-# reproducible -- and cut each word into 8 independent uniform 8-bit lanes or 4 uniform 16-bit
-# lanes. An element is kept when its lane is >= ``k``, with ``k = p * 2**bits``; so each element is
-# kept independently with probability exactly ``1 - k / 2**bits``. 8-bit lanes are used when
-# ``p * 256`` is an integer (p = 0.5, 0.25, 0.125, ...: exact), else 16-bit lanes with p quantised
-# to the nearest multiple of 1/65536 (an error of at most 7.7e-6 in the drop rate). Kept elements are
-# scaled by ``1 / (1 - p_quantised)``, so the expectation is preserved exactly. The masks differ from
-# the ones ``F.dropout`` would draw for the same seed (the RNG stream is consumed differently).
+# (``random_(-2**63, None)`` covers the full 64-bit range, so every bit is a fair coin) -- from the
+# MC pass's generator when one is given, else from torch's global RNG, as ``F.dropout`` would -- and
+# cut each word into 8 independent uniform 8-bit lanes or 4 uniform 16-bit lanes. An element is kept
+# when its lane is >= ``k``, with ``k = p * 2**bits``; so each element is kept independently with
+# probability exactly ``1 - k / 2**bits``. 8-bit lanes are used when ``p * 256`` is an integer
+# (p = 0.5, 0.25, 0.125, ...: exact), else 16-bit lanes with p quantised to the nearest multiple of
+# 1/65536 (an error of at most 7.7e-6 in the drop rate). Kept elements are scaled by
+# ``1 / (1 - p_quantised)``, so the expectation is preserved exactly. The masks differ from the ones
+# ``F.dropout`` would draw for the same seed (the RNG stream is consumed differently).
+#
+# Without a generator the fast path is taken on the CPU only (elsewhere ``F.dropout``'s own kernel
+# is used). ``F.dropout`` cannot take a generator, so with one the fast path serves every device.
 
 #: Below this many elements the fast path gains nothing over ``F.dropout`` (fixed overheads dominate).
 FAST_DROPOUT_MIN_NUMEL = 4096
 
 
-def _use_fast_path(x: torch.Tensor, p: float) -> bool:
+def _use_fast_path(x: torch.Tensor, p: float, *, any_device: bool = False) -> bool:
+    """Whether :func:`fast_dropout` applies to ``x`` (on the CPU only unless ``any_device``)."""
     return (
-        x.device.type == "cpu"
+        (any_device or x.device.type == "cpu")
         and x.is_floating_point()
         and x.numel() >= FAST_DROPOUT_MIN_NUMEL
         and 0.0 < p < 1.0
@@ -150,16 +207,17 @@ def quantised_p(p: float) -> float:
     return k / 2**bits
 
 
-def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+def fast_dropout(x: torch.Tensor, p: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """Element-wise inverted dropout with masks cut from random 64-bit words (see above).
 
-    ``0 < p < 1`` and ``_lane_threshold(p)`` must not be None. Differentiable in ``x``.
+    ``0 < p < 1`` and ``_lane_threshold(p)`` must not be None. Differentiable in ``x``. The words
+    come from ``generator`` (on ``x.device``), or from torch's global RNG when it is None.
     """
     bits, k = _lane_threshold(p)
     n = x.numel()
     lanes_per_word = 64 // bits
     words = torch.empty(-(-n // lanes_per_word), dtype=torch.int64, device=x.device)
-    words.random_(-(2**63), None)  # uniform over all 2**64 words
+    words.random_(-(2**63), None, generator=generator)  # uniform over all 2**64 words
     # Signed lanes s are uniform on [-2**(bits-1), 2**(bits-1)); unsigned u = s + 2**(bits-1), so
     # u >= k  <=>  s >= k - 2**(bits-1).
     lanes = words.view(torch.int8 if bits == 8 else torch.int16)[:n].view(x.shape)
@@ -171,15 +229,20 @@ def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def _apply_mask(x: torch.Tensor, keep: torch.Tensor, p: float, alpha: bool) -> torch.Tensor:
-    """Apply a keep-mask with the scaling of standard (inverted) or alpha dropout."""
+    """Apply a keep-mask with the scaling of standard (inverted) or alpha dropout.
+
+    ``keep`` (float, broadcastable to ``x``) is often much smaller than ``x`` (channel masks, one
+    consistent mask per MC sample): the scaling is folded into it, so ``x`` is read once.
+    """
     if p == 0.0:
         return x
     if p == 1.0:
         return torch.zeros_like(x) if not alpha else torch.full_like(x, _alpha_affine(p)[1])
     if not alpha:
-        return x * keep / (1.0 - p)
+        return x * (keep / (1.0 - p))
+    # a * (x * keep + alpha' * (1 - keep)) + b  ==  offset + x * scale
     a, b = _alpha_affine(p)
-    return a * (x * keep + _ALPHA_PRIME * (1.0 - keep)) + b
+    return torch.addcmul((1.0 - keep) * (a * _ALPHA_PRIME) + b, x, keep * a)
 
 
 def _alpha_affine(p: float) -> tuple[float, float]:

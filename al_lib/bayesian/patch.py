@@ -23,7 +23,6 @@ def patch_module(
     dropconnect: float | None = None,
     dropconnect_layers: tuple[type[nn.Module], ...] = DROPCONNECT_CLASSES,
     consistent: bool = False,
-    seed: int = 0,
     inplace: bool = True,
 ) -> nn.Module:
     """Replace a model's layers with MC layers that stay stochastic in ``eval()`` mode.
@@ -37,8 +36,9 @@ def patch_module(
         When given, wrap every layer of ``dropconnect_layers`` in MC DropConnect with this
         weight-drop probability.
     consistent : bool
-        Use :class:`ConsistentMCDropout` (T fixed masks, as BatchBALD needs). Layer i is seeded
-        with ``seed + i`` so layers draw different masks.
+        Use :class:`ConsistentMCDropout` (T masks fixed for an MC pass, as BatchBALD needs). The
+        masks come from the ``seed`` of each MC call (``predict_mc(..., seed=...)``): every layer
+        draws its own, and another seed (e.g. the next round's) draws new ones.
     inplace : bool
         Modify ``model`` itself (default) or a deep copy.
 
@@ -52,11 +52,10 @@ def patch_module(
         raise ValueError(f"dropconnect must be a probability in [0, 1), got {dropconnect}")
     if not inplace:
         model = copy.deepcopy(model)
-    counter = iter(range(10**9))
 
     def replace(module: nn.Module) -> nn.Module | None:
         if dropout and type(module) in DROPOUT_CLASSES:
-            return ConsistentMCDropout(module, seed + next(counter)) if consistent else MCDropout(module)
+            return ConsistentMCDropout(module) if consistent else MCDropout(module)
         if dropconnect is not None and isinstance(module, dropconnect_layers):
             return MCDropConnect(module, dropconnect)
         return None

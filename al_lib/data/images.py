@@ -13,13 +13,15 @@ import logging
 import os
 import posixpath
 from collections.abc import Callable, Sequence
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from al_lib.paths import relative_path_problem
 
 logger = logging.getLogger(__name__)
 
@@ -297,21 +299,10 @@ def _check_id(csv_path: Path, row: int, value: str, first_row: dict[str, int]) -
 
 def _check_path(csv_path: Path, row: int, value: str) -> str:
     """``value`` lexically normalised; ManifestError when empty, absolute or escaping root."""
-    problem = None
-    normal = posixpath.normpath(value) if value else ""
-    if not value:
-        problem = "empty path"
-    elif "\\" in value:
-        problem = f"path {value!r} uses '\\'; write relative paths with '/'"
-    elif PurePosixPath(value).is_absolute() or PureWindowsPath(value).drive:
-        problem = f"path {value!r} is absolute; it must be relative to the root"
-    elif normal == ".." or normal.startswith("../"):
-        problem = f"path {value!r} escapes the root"
-    elif normal == ".":
-        problem = f"path {value!r} names no file"
+    problem = relative_path_problem(value)
     if problem:
         raise ManifestError(csv_path, problem, row=row, field="path")
-    return normal
+    return posixpath.normpath(value)
 
 
 def _encode_labels(csv_path: Path, labels: list[tuple[int, str]],

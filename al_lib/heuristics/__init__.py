@@ -2,7 +2,7 @@
 
 Per-sample scorers (higher = more worth labelling): ``bald``, ``entropy``, ``margin``,
 ``least_confidence``, ``variation_ratio``, ``mean_std``, ``random``; ``HEURISTICS`` maps their
-names to them. Selection: ``top_k``; stochastic batch acquisition ``power_sampling``,
+names to them; ``predictive_distribution`` is the MC-averaged prediction ``[N, C]``. Selection: ``top_k``; stochastic batch acquisition ``power_sampling``,
 ``softmax_sampling``, ``softrank_sampling`` and the composed ``power_bald``, ``power_entropy``,
 ``softmax_bald``, ``softrank_bald``; ``batch_bald``, ``joint_mutual_information`` (exact) and
 ``estimate_joint_mutual_information`` (Monte Carlo, for large batches).
@@ -20,6 +20,7 @@ from al_lib.heuristics.scores import (
     least_confidence,
     margin,
     mean_std,
+    predictive_distribution,
     random,
     variation_ratio,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "power_bald",
     "power_entropy",
     "power_sampling",
+    "predictive_distribution",
     "random",
     "softmax_bald",
     "softmax_sampling",

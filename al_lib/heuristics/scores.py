@@ -37,6 +37,7 @@ __all__ = [
     "least_confidence",
     "margin",
     "mean_std",
+    "predictive_distribution",
     "random",
     "variation_ratio",
 ]
@@ -151,6 +152,14 @@ def mean_std(probs, *, reduction: Reduction = "mean"):
     Returns: scores ``[N]``.
     """
     return _score(_mean_std, probs, reduction)
+
+
+def predictive_distribution(probs):
+    """The MC-averaged prediction: ``[N, C, ..., T]`` → ``[N, C, ...]`` (binary ``[N, 1, T]`` →
+    ``[N, 2]``, as every heuristic sees it). Numpy in → numpy out, torch in → torch out."""
+    p, was_numpy = prepare_probs(probs)
+    mean = p.mean(dim=-1)
+    return mean.cpu().numpy() if was_numpy else mean
 
 
 def random(probs, *, seed: SeedLike = None, reduction: Reduction = "mean"):

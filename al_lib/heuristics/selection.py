@@ -6,18 +6,22 @@ to weights derived from the scores, instead of taking the top k: top-k of a per-
 up near-duplicates, sampling spreads the batch at the cost of one score pass.
 
 All functions take ``scores [N]`` (numpy or torch) and return int64 indices ``[k]`` of the same
-kind (torch on the scores' device).
+kind (torch on the scores' device). The samplers are the one Gumbel top-k of al_lib
+(:class:`al_lib.sampling.GumbelTopK`): for the same seed they pick exactly what the streamed
+selectors (``al_lib.inference.score_pool``) and the strategies (:mod:`al_lib.strategies`) pick.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from al_lib.heuristics._arrays import check_k, check_temperature, prepare_scores, to_kind
 from al_lib.heuristics.scores import bald, entropy
-from al_lib.seeding import SeedLike, torch_generator
+from al_lib.sampling import GumbelTopK
+from al_lib.seeding import SeedLike
 
 __all__ = [
     "power_bald",
@@ -67,19 +71,15 @@ def _gumbel_top_k(log_weights: torch.Tensor, k: int, seed: SeedLike) -> torch.Te
     """Draw k indices without replacement, P ∝ exp(log_weights), in draw order (Gumbel top-k).
 
     ``-inf`` marks weight 0: such items are drawn only once every positive-weight item is taken,
-    and then uniformly among themselves. Noise is drawn on the CPU so a seed is device-independent.
+    and then uniformly among themselves. This is :class:`al_lib.sampling.GumbelTopK` on the whole
+    array (noise per index from the seed, on the CPU), so the streamed selectors of
+    :mod:`al_lib.sampling` and the strategies of :mod:`al_lib.strategies` pick the same for the
+    same seed, on every device.
     """
+    draw = GumbelTopK(k, seed=seed)
     n = log_weights.shape[0]
-    exponential = torch.empty(n, dtype=torch.float64).exponential_(generator=torch_generator(seed))
-    gumbel = -exponential.clamp_min(torch.finfo(torch.float64).tiny).log()
-    gumbel = gumbel.to(log_weights.device)
-    positive = log_weights > -math.inf
-    n_positive = int(positive.sum())
-    first = _top_k(log_weights + gumbel, min(k, n_positive))
-    if k <= n_positive:
-        return first
-    rest = _top_k(torch.where(positive, -math.inf, gumbel), k - n_positive)
-    return torch.cat([first, rest])
+    draw.update(log_weights.detach().cpu().numpy(), np.arange(n, dtype=np.int64))
+    return torch.from_numpy(draw.result().positions).to(log_weights.device)
 
 
 def _sample(scores, k: int, temperature: float, seed: SeedLike, log_weights_fn):

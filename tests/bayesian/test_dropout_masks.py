@@ -11,6 +11,7 @@ from al_lib.bayesian.dropout import (
     FAST_DROPOUT_MIN_NUMEL,
     MCDropout,
     _use_fast_path,
+    dropout_from,
     fast_dropout,
     quantised_p,
 )
@@ -121,3 +122,92 @@ def test_patched_model_uses_fast_path_and_is_stochastic():
     model = patch_module(nn.Sequential(nn.Linear(100, 100), nn.Dropout(0.5)))
     x = torch.randn(64, 100)
     assert not torch.equal(model(x), model(x))
+
+
+# ---------------------------------------------------------------- masks from an explicit generator
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_fast_dropout_with_a_generator_is_reproducible_and_spares_the_global_rng():
+    x = torch.ones(N)
+    state = torch.get_rng_state()
+    a = fast_dropout(x, 0.1, generator=gen(0))
+    b = fast_dropout(x, 0.1, generator=gen(0))
+    c = fast_dropout(x, 0.1, generator=gen(1))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    rate = (a != 0).double().mean().item()
+    assert abs(rate - 0.9) < 5 * math.sqrt(0.09 / N)
+
+
+def test_generator_dropout_of_nn_dropout_takes_the_fast_path():
+    x = torch.randn(FAST_DROPOUT_MIN_NUMEL * 2)
+    assert torch.equal(dropout_from(gen(3), x, 0.5), fast_dropout(x, 0.5, generator=gen(3)))
+
+
+@pytest.mark.parametrize(
+    "kind,shape,channelwise",
+    [
+        (nn.Dropout, (50, 40), False),  # below the fast-path size: exact p from uniform floats
+        (nn.Dropout1d, (40, 25, 6), True),
+        (nn.Dropout2d, (40, 25, 3, 3), True),
+        (nn.Dropout3d, (40, 25, 2, 2, 2), True),
+    ],
+)
+def test_generator_dropout_is_inverted_dropout_of_the_right_shape(kind, shape, channelwise):
+    p = 0.3
+    state = torch.get_rng_state()
+    out = dropout_from(gen(0), torch.ones(shape), p, kind)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.all((out == 0) | torch.isclose(out, torch.tensor(1 / (1 - p))))
+    units = out.flatten(2) if channelwise else out.unsqueeze(-1)
+    assert torch.all((units == 0).all(-1) | (units != 0).all(-1))  # whole channels or single elements
+    dropped = (units[..., 0] == 0).double()
+    assert abs(dropped.mean().item() - p) < 5 * math.sqrt(p * (1 - p) / dropped.numel())
+    assert torch.equal(out, dropout_from(gen(0), torch.ones(shape), p, kind))
+
+
+def test_generator_dropout_of_unbatched_channel_inputs_drops_whole_channels():
+    out = dropout_from(gen(1), torch.ones(64, 5, 5, 5), 0.5, nn.Dropout3d)  # [C, D, H, W]
+    per_channel = out.flatten(1)
+    assert torch.all((per_channel == 0).all(-1) | (per_channel == 2.0).all(-1))
+    assert 0 < (per_channel[:, 0] == 0).sum() < 64
+
+
+@pytest.mark.parametrize("kind", [nn.AlphaDropout, nn.FeatureAlphaDropout])
+def test_generator_alpha_dropout_matches_the_closed_form(kind):
+    p = 0.2
+    x = torch.randn(4000, 16, 2)
+    out = dropout_from(gen(2), x, p, kind)
+    # torch's alpha dropout: kept units -> a*x + b, dropped ones -> a*alpha' + b.
+    a = 1 / math.sqrt((1 - p) * (1 + p * 1.7580993408473766**2))
+    b = a * 1.7580993408473766 * p
+    kept = torch.isclose(out, a * x + b, atol=1e-5)
+    dropped = torch.isclose(out, torch.full_like(out, -a * 1.7580993408473766 + b), atol=1e-5)
+    assert torch.all(kept | dropped)
+    if kind is nn.FeatureAlphaDropout:
+        assert torch.equal(kept, kept[..., :1].expand_as(kept))  # whole [n, c] slices
+    assert abs(out.mean().item()) < 0.03 and abs(out.std().item() - 1) < 0.03
+
+
+def test_generator_dropout_degenerate_rates():
+    x = torch.randn(30, 4)
+    assert torch.equal(dropout_from(gen(0), x, 0.0), x)
+    assert torch.equal(dropout_from(gen(0), x, 1.0), torch.zeros_like(x))
+    assert torch.equal(dropout_from(gen(0), x, 1.0, nn.AlphaDropout), torch.zeros_like(x))
+
+
+def test_mc_dropout_draws_from_its_pass_generator():
+    layer = MCDropout(nn.Dropout(0.5))
+    x = torch.ones(8192)
+    state = torch.get_rng_state()
+    layer.set_generator(gen(0))
+    a = layer(x)
+    layer.set_generator(gen(0))
+    b = layer(x)
+    layer.set_generator(None)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, b)

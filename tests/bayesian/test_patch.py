@@ -102,7 +102,15 @@ def test_dropconnect_rejects_bad_probability():
         patch_module(nn.Sequential(nn.Linear(2, 2)), dropout=False, dropconnect=1.0)
 
 
-def test_consistent_layers_are_seeded_differently():
-    model = patch_module(make_model(), consistent=True, seed=10)
-    seeds = [m.seed for m in model.modules() if isinstance(m, ConsistentMCDropout)]
-    assert seeds == [10, 11, 12]
+def test_consistent_patching_replaces_every_dropout_kind():
+    model = patch_module(make_model(), consistent=True)
+    layers = [m for m in model.modules() if isinstance(m, ConsistentMCDropout)]
+    assert [m.original_class for m in layers] == [nn.Dropout2d, nn.Dropout, nn.AlphaDropout]
+    unpatch_module(model)
+    assert dropout_types(model) == [nn.Dropout2d, nn.Dropout, nn.AlphaDropout]
+
+
+def test_patch_module_takes_no_mask_seed():
+    """Masks come from each MC call's seed now; a patch-time seed would silently do nothing."""
+    with pytest.raises(TypeError, match="seed"):
+        patch_module(make_model(), consistent=True, seed=10)

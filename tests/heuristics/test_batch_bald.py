@@ -107,6 +107,19 @@ def test_k1_is_top_bald(problem, kind):
     )
 
 
+@FAST
+@given(problem=tiny_problems(), as_torch=st.booleans())
+def test_gains_are_the_brute_force_joint_mi_increments(problem, as_torch):
+    probs, k = problem
+    given_probs = torch.from_numpy(probs) if as_torch else probs
+    picks, gains = H.batch_bald(given_probs, k, seed=0, return_gains=True)
+    assert isinstance(gains, torch.Tensor) == as_torch and gains.dtype in (np.float64, torch.float64)
+    np.testing.assert_array_equal(np.asarray(picks), np.asarray(H.batch_bald(probs, k, seed=0)))
+    two, picks = _two_class(probs), np.asarray(picks).tolist()
+    mi = [brute_force_joint_mi(two, picks[:j]) for j in range(k + 1)]
+    np.testing.assert_allclose(np.asarray(gains), np.diff(mi), atol=1e-9)
+
+
 def test_duplicates_are_not_acquired_twice():
     # A splits the T=4 weight samples into {1,2} | {3,4}; B into {1,3} | {2,4}, a little softer.
     a = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
