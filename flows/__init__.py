@@ -1,1 +1,6 @@
 """Prefect flows composing the round steps of tasks/ (and the `al` command)."""
+
+import os
+
+# The steps' own log lines (al_lib, tasks) reach the Prefect API and the UI's run logs.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "al_lib,tasks")

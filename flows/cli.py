@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("round", help="run (or resume) the next round on a workspace")
     p.add_argument("path", type=Path, nargs="?", default=Path("."))
     p.add_argument("--device", help="cuda or cpu (default: CUDA when present)")
-    p.add_argument("--allow-empty", action="store_true", help="run even with no new annotations")
+    p.add_argument("--allow-empty", action="store_true", help="start a new round even with no new annotations")
+    p.add_argument("--rerun", action="store_true",
+                   help="re-run the finished round's out-of-date steps (after a params or code change), re-tag it")
     _add_dask_options(p)
 
     p = sub.add_parser("simulate", help="run N unattended rounds with an oracle answering the queries")
@@ -73,8 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path, help="workspace")
     p.add_argument("files", type=Path, nargs="+", help="CSV id,label[,annotator] or Label Studio JSON export")
 
+    p = sub.add_parser("add-images", help="add new unlabelled images to a workspace's pool (between rounds)")
+    p.add_argument("path", type=Path, help="workspace")
+    p.add_argument("images", type=Path, help="flat folder of new images (.png/.jpg); file names become ids")
+    p.add_argument("--split", help="manifest split of the new images, e.g. test (held out; default: none)")
+
     p = sub.add_parser("stage", help="run one dvc.yaml stage (used by `dvc repro`)")
-    p.add_argument("name", choices=("prepare", "validate", "train", "score", "query"))
+    p.add_argument("name", choices=("prepare", "validate", "train", "score", "query"),
+                   help="a step of tasks/pipeline.py")
     p.add_argument("path", type=Path, nargs="?", default=Path("."))
     p.add_argument("--device")
 
@@ -87,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Prefect's ephemeral API server can take 30-90 s to start on a loaded 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     for noisy in ("httpx", "httpcore", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -106,7 +116,9 @@ def _exit_code(err: Exception) -> int:
     from al_lib.data.images import ImageDecodeError
     from tasks.workspace import ParamsError
 
-    if type(err).__name__ == "ValidationFailed":
+    from tasks.validate import ValidationFailed
+
+    if isinstance(err, ValidationFailed):
         return EXIT_VALIDATION
     if isinstance(err, (AnnotationError, ManifestError, ImageDecodeError, ParamsError, FileExistsError,
                         FileNotFoundError, ValueError)):
@@ -129,11 +141,38 @@ def cmd_init(args) -> int:
     return EXIT_OK
 
 
+def _precheck(path: Path, *, simulate: bool = False, allow_empty: bool = False, rerun: bool = False):
+    """The user errors and the "nothing to do" answer, before Prefect's API server starts (30-90 s
+    on a loaded machine): a bad params.yaml or inbox file, no labels to train on, no oracle.
+
+    Returns the :class:`tasks.rounds.RoundPlan` (for ``simulate``, None: the oracle decides).
+    """
+    from tasks.ingest import check_inbox
+    from tasks.oracle import oracle_truth
+    from tasks.rounds import labels_to_train_on, plan_round
+    from tasks.workspace import Workspace
+
+    ws = Workspace(path)
+    ws.params()
+    if simulate:
+        oracle_truth(ws)
+        return None
+    plan = plan_round(ws, allow_empty=allow_empty, rerun=rerun)
+    if plan.action in ("start", "resume"):
+        labels = check_inbox(ws, round=plan.round)[0] if ws.inbox_files() else None
+        labels_to_train_on(ws, labels)
+    return plan
+
+
 def cmd_round(args) -> int:
     from flows.round import al_round
 
+    plan = _precheck(args.path, allow_empty=args.allow_empty, rerun=args.rerun)
+    if plan.action == "nothing":
+        _print_round({"round": plan.round, "skipped": True, "reason": plan.reason})
+        return EXIT_OK
     result = al_round(str(args.path), device=args.device, allow_empty=args.allow_empty, workers=args.workers,
-                      dask_address=args.dask_address)
+                      dask_address=args.dask_address, rerun=args.rerun)
     _print_round(result)
     return EXIT_OK
 
@@ -141,6 +180,7 @@ def cmd_round(args) -> int:
 def cmd_simulate(args) -> int:
     from flows.round import al_simulate
 
+    _precheck(args.path, simulate=True)
     for result in al_simulate(str(args.path), rounds=args.rounds, device=args.device, workers=args.workers,
                               dask_address=args.dask_address):
         _print_round(result)
@@ -154,14 +194,16 @@ def _print_round(result: dict) -> None:
     m = result["metrics"]
     acc = m.get("test_accuracy", m.get("val_accuracy"))
     acc_text = f", accuracy {acc:.4f}" if acc is not None else ""
-    print(f"round {result['round']}: {m['n_labelled']} labels{acc_text}; snapshot {result['snapshot']['tag']}; "
+    ran = ", ".join(result["steps_run"]) or "none (all up to date)"
+    print(f"round {result['round']}: {m['n_labelled']} labels{acc_text}; steps run: {ran}; tagged {result['tag']}; "
           f"queries in {result['queries']}")
 
 
 def cmd_status(args) -> int:
     import pandas as pd
 
-    from tasks import versioning
+    from tasks import dvc_repo, git_repo
+    from tasks.pipeline import ROUND_STEPS
     from tasks.rounds import round_state
     from tasks.workspace import ROUNDS_METRICS, Workspace
 
@@ -169,12 +211,19 @@ def cmd_status(args) -> int:
     params = ws.params()
     labels = ws.labels()
     state = round_state(ws)
-    tags = versioning.list_round_tags(ws.root)
+    tags = git_repo.list_round_tags(ws.root)
     print(f"workspace {ws.root}")
-    print(f"  rounds tagged: {', '.join(f'round-{t}' for t in tags) or 'none'}; next: round {state.round}"
-          + (" (resume)" if state.resume else ""))
-    counts = labels["label"].value_counts().reindex(params.classes, fill_value=0)
-    print(f"  labels: {len(labels)}  " + "  ".join(f"{c}={n}" for c, n in counts.items()))
+    print(f"  rounds tagged: {', '.join(f'round-{t}' for t in tags) or 'none'}; "
+          + (f"round {state.round} finished, the next starts when annotations arrive" if state.finished
+             else f"round {state.round} in progress (`al round` resumes it)"))
+    is_held_out = labels["id"].isin(ws.held_out_ids())
+    train = labels[~is_held_out]
+    counts = train["label"].value_counts().reindex(params.classes, fill_value=0)
+    print(f"  labels to train on: {len(train)}  " + "  ".join(f"{c}={n}" for c, n in counts.items())
+          + (f"  (+ {int(is_held_out.sum())} held-out labels that measure the model)" if is_held_out.any() else ""))
+    stale = {s.name: r for s in ROUND_STEPS if (r := dvc_repo.stage_changes(ws.root, s.name))}
+    print("  pipeline: " + ("up to date (dvc.lock)" if not stale else
+                            "out of date: " + "; ".join(f"{k} ({v[0]})" for k, v in stale.items())))
     pending = ws.inbox_files()
     print(f"  inbox: {len(pending)} file(s) waiting" + (f" ({', '.join(p.name for p in pending)})" if pending else ""))
     rounds_csv = ws.path(ROUNDS_METRICS)
@@ -215,6 +264,20 @@ def cmd_import_labels(args) -> int:
     return EXIT_OK
 
 
+def cmd_add_images(args) -> int:
+    from tasks.add_images import add_images
+    from tasks.workspace import HELD_OUT_SPLITS, IMAGE_CHECKS, Workspace
+
+    ws = Workspace(args.path)
+    added = add_images(ws.root, args.images, split=args.split, image_cache=ws.path(IMAGE_CHECKS))
+    split = f", split {args.split}" if args.split else ""
+    held_out = (args.split or "").lower() in HELD_OUT_SPLITS
+    print(f"added {len(added.ids)} unlabelled images to the pool of {ws.root} ({added.n_pool} in all{split}); "
+          f"commit {added.commit[:7] if added.commit else 'none'}\n  "
+          + ("held out: never queried" if held_out else "they can be queried from the next round on"))
+    return EXIT_OK
+
+
 def cmd_stage(args) -> int:
     from tasks import stages
 
@@ -232,7 +295,7 @@ def cmd_serve(args) -> int:
 
 COMMANDS = {
     "init": cmd_init, "round": cmd_round, "simulate": cmd_simulate, "status": cmd_status,
-    "import-labels": cmd_import_labels, "stage": cmd_stage, "serve": cmd_serve,
+    "import-labels": cmd_import_labels, "add-images": cmd_add_images, "stage": cmd_stage, "serve": cmd_serve,
 }
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from flows.round import al_simulate
-from tasks import versioning
+from tasks import git_repo
 from tasks.create import create_workspace
 from tasks.demo import write_mnist_folder
 from tasks.workspace import ROUNDS_METRICS, Workspace
@@ -48,7 +48,7 @@ def main(argv=None) -> None:
     print("\nLearning curve (accuracy on 500 held-out test images):")
     print(curve[["round", "n_labelled", "epochs", "test_accuracy", "test_nll"]].to_string(
         index=False, float_format=lambda v: f"{v:.4f}"))
-    tags = versioning.list_round_tags(ws.root)
+    tags = git_repo.list_round_tags(ws.root)
     print(f"\nlabelled snapshots: git tags {', '.join(f'round-{t}' for t in tags)} in {ws.root}")
     print(f"  e.g. dvc.api.read('data/labels.csv', repo='{ws.root}', rev='round-{tags[-1]}')")
     print(f"queries for annotators: {ws.path('data/queries')} (CSV + Label Studio tasks)")

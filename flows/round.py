@@ -1,67 +1,104 @@
-"""The production round as a Prefect flow: ingest → validate → snapshot → train → score → export."""
+"""The production round as a Prefect flow: ingest → validate → train → score → query → record.
+
+The steps are those of tasks/pipeline.py, the same ``dvc.yaml`` stages ``dvc repro`` runs; each is
+run only when DVC's record (``dvc.lock``) says it is out of date, and recorded when it ran. The
+round is committed and tagged ``round-N`` when it is complete (tasks/rounds.py).
+"""
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, unmapped
+import time
+from pathlib import Path
 
-from tasks import oracle, versioning
-from tasks.round_tasks import (
-    artifacts_task, ingest_task, query_task, score_shard_task, score_task, snapshot_task, train_task,
-    validate_task,
+import pandas as pd
+from prefect import flow, get_run_logger, unmapped
+from prefect.runtime import flow_run
+
+from tasks import dvc_repo, oracle, pipeline
+from tasks.ingest import check_inbox
+from tasks.lock import workspace_lock
+from tasks.prefect_tasks import artifacts_task, ingest_task, record_step, step_task
+from tasks.rounds import (
+    labels_to_train_on, plan_round, record_round, round_state, round_tag, snapshot_labels, start_round,
 )
-from tasks.score import finished_scores, merge_shards, plan_scoring, shard_ids, write_scores
-from tasks.rounds import require_training_labels, round_state
+from tasks.train import trained_metrics
 from tasks.workspace import Workspace
 
-COMMITTED_OUTPUTS = ("data/queries", "metrics", "data/inbox/processed", "validation/results.json")
+
+def _run_name() -> str:
+    """``<workspace folder> round N``: the round an ``al round`` would work on now."""
+    workspace = flow_run.parameters.get("workspace", ".")
+    try:
+        return f"{Path(workspace).resolve().name} round {round_state(Workspace(workspace)).next_round}"
+    except Exception:  # noqa: BLE001 — a name must never fail the run; the flow reports the real error
+        return f"{Path(workspace).name} round ?"
 
 
-@flow(name="al-round", log_prints=True)
-def al_round(workspace: str, simulate: bool = False, device: str | None = None,
-             allow_empty: bool = False, workers: int = 1, dask_address: str | None = None) -> dict:
+@flow(name="al-round", flow_run_name=_run_name, log_prints=True)
+def al_round(workspace: str, simulate: bool = False, device: str | None = None, allow_empty: bool = False,
+             workers: int = 1, dask_address: str | None = None, rerun: bool = False) -> dict:
     """Run (or resume) the next active-learning round of ``workspace``.
 
     ``simulate``: an oracle answers the previous queries from ``data/oracle/labels.csv``.
-    ``allow_empty``: run a round even when the inbox holds no new annotation.
+    ``allow_empty``: start a new round even when the inbox holds no new annotation.
+    ``rerun``: when the last round is finished and nothing is waiting, re-run its steps that are
+    out of date (after a params or code change) and move its tag to the result.
     ``workers`` / ``dask_address``: score the pool in ``workers`` shards on Dask — an existing
     cluster's scheduler address, or a local cluster of ``workers`` processes when no address is
     given. The merged scores equal the single-process ones.
 
-    Returns a summary: round, resumed, ingest report, snapshot, metrics and the query file.
+    Returns a summary: round, resumed, ingest report, steps run, metrics, tag, the query file and
+    the wall time of each phase (``seconds``: ingest, validate, train, score, query, record).
     """
     log = get_run_logger()
     ws = Workspace(workspace)
     ws.params()  # fail fast, before touching anything, on a broken params.yaml
-    with versioning.workspace_lock(ws.root):
-        state = round_state(ws)
-        n = state.round
-        ingested = {"files": [], "n_new": 0}
-        if state.resume:
-            log.info("resuming round %d: its snapshot exists, finishing the remaining steps", n)
+    with workspace_lock(ws.root):
+        if simulate:
+            _oracle_fill_inbox(ws, round_state(ws).next_round)
+        plan = plan_round(ws, allow_empty=allow_empty, rerun=rerun)
+        n = plan.round
+        if plan.action == "nothing":
+            log.info("round %d is finished and %s holds no new annotations: nothing to do (%s)", n,
+                     ws.path("data/inbox"), plan.reason)
+            return {"round": n, "skipped": True, "reason": plan.reason}
+        if plan.action == "start":
+            check_inbox(ws, round=n)  # a bad file is refused before the round starts: nothing changes
+            start_round(ws, n)
+            log.info("starting round %d", n)
+        elif plan.action == "rerun":
+            log.info("re-running round %d's out-of-date steps: %s", n, ", ".join(plan.stale))
         else:
-            if simulate:
-                _oracle_fill_inbox(ws, n)
-            if not ws.inbox_files() and n > 0 and not allow_empty:
-                log.info("no new annotations in %s since round %d: nothing to do", ws.path("data/inbox"), n - 1)
-                return {"round": n, "skipped": True, "reason": "no new annotations"}
-            ingested = ingest_task(str(ws.root), n, source="oracle" if simulate else "human")
-            require_training_labels(ws)
-        validate_task(str(ws.root), n)
-        snap = snapshot_task(str(ws.root), n)
-        metrics = train_task(str(ws.root), n, device)
-        if workers > 1 or dask_address:
-            _score_on_dask(str(ws.root), n, device, workers, dask_address)
-        else:
-            score_task(str(ws.root), n, device)
-        queries = query_task(str(ws.root), n)
-        versioning.commit_paths(ws.root, [p for p in COMMITTED_OUTPUTS if ws.path(p).exists()],
-                                f"round {n}: queries and metrics")
+            log.info("round %d is in progress (not tagged yet): running what is left of it", n)
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        ingested = ingest_task(str(ws.root), n, source="oracle" if simulate else "human")
+        labels_to_train_on(ws)
+        pipeline.write_dvc_yaml(ws.root)
+        seconds["ingest"] = time.perf_counter() - start
+        ran = []
+        for step in pipeline.ROUND_STEPS:
+            start = time.perf_counter()
+            if step is pipeline.SCORE and (workers > 1 or dask_address):
+                outcome = _score_on_dask(str(ws.root), n, device, workers, dask_address)
+            else:
+                outcome = step_task.with_options(name=step.name)(str(ws.root), n, step.name, device)
+            if outcome["ran"]:
+                ran.append(step.name)
+            if step is pipeline.VALIDATE:
+                snapshot_labels(ws)  # the labels validated are in DVC's cache before anything trains on them
+            seconds[step.name] = time.perf_counter() - start
+        start = time.perf_counter()
+        commit = record_round(ws, n, "labels, model, metrics and queries" if ran else "recorded")
+        seconds["record"] = time.perf_counter() - start
+        metrics = trained_metrics(ws)
+        query_csv = ws.query_paths(n)[0]
+        queries = pd.read_csv(query_csv, dtype={"id": str}, keep_default_na=False).to_dict("records")
         artifacts_task(str(ws.root), n, queries, metrics)
-    query_csv = ws.query_paths(n)[0]
-    log.info("round %d done: %d queries in %s; labelled snapshot tagged %s", n, len(queries),
-             query_csv.relative_to(ws.root), snap["tag"])
-    return {"round": n, "resumed": state.resume, "ingested": ingested, "snapshot": snap, "metrics": metrics,
-            "queries": str(query_csv), "skipped": False}
+    log.info("round %d done: %d queries in %s; steps run: %s; tagged %s at %s", n, len(queries),
+             query_csv.relative_to(ws.root), ", ".join(ran) or "none (all up to date)", round_tag(n), commit[:7])
+    return {"round": n, "resumed": plan.action == "resume", "ingested": ingested, "steps_run": ran, "metrics": metrics,
+            "tag": round_tag(n), "commit": commit, "queries": str(query_csv), "seconds": seconds, "skipped": False}
 
 
 def _score_on_dask(workspace: str, round: int, device: str | None, workers: int, address: str | None) -> dict:
@@ -75,21 +112,28 @@ def _score_on_dask(workspace: str, round: int, device: str | None, workers: int,
 
 @flow(name="al-score-sharded")
 def score_pool_sharded(workspace: str, round: int, shards: int, device: str | None = None) -> dict:
-    """Score the round's planned pool subsample in ``shards`` pieces on the flow's task runner."""
+    """The score step, in ``shards`` pieces on the flow's task runner (run when DVC says it is out of date)."""
+    from tasks.prefect_tasks import score_shard_task
+    from tasks.score import merge_shards, plan_scoring, shard_ids
+    from tasks.scores_file import write_scores
+
     log = get_run_logger()
     ws = Workspace(workspace)
+    reasons = dvc_repo.stage_changes(ws.root, pipeline.SCORE.name)
+    if not reasons:
+        log.info("score: up to date (recorded in dvc.lock), not rerun")
+        return {"step": "score", "ran": False, "reasons": [], "result": None}
     plan = plan_scoring(ws, round)
-    done = finished_scores(ws, plan)
-    if done is not None:
-        log.info("round %d: pool already scored with this model, skipping", round)
-        return done
     pieces = shard_ids(plan.ids, shards)
-    log.info("scoring %d images in %d shards", len(plan.ids), len(pieces))
+    log.info("score: running (%s) — %d images in %d shards", "; ".join(reasons), len(plan.ids), len(pieces))
     futures = score_shard_task.map(workspace, round, pieces, unmapped(device))
-    return write_scores(ws, plan, ws.params(), merge_shards([f.result() for f in futures]))
+    result = write_scores(ws, plan, ws.params(), merge_shards([f.result() for f in futures], ws.params()))
+    record_step(workspace, pipeline.SCORE.name)
+    return {"step": "score", "ran": True, "reasons": reasons, "result": result}
 
 
 def _oracle_fill_inbox(ws: Workspace, round: int) -> None:
+    """The oracle's answers for ``round``: the initial labels, or the previous round's queries (idempotent)."""
     if round == 0:
         oracle.initial_labels(ws)
     else:
@@ -100,9 +144,5 @@ def _oracle_fill_inbox(ws: Workspace, round: int) -> None:
 def al_simulate(workspace: str, rounds: int = 3, device: str | None = None, workers: int = 1,
                 dask_address: str | None = None) -> list[dict]:
     """Run ``rounds`` unattended rounds, the oracle answering each round's queries."""
-    results = []
-    for _ in range(rounds):
-        results.append(al_round(workspace, simulate=True, device=device, workers=workers,
-                                dask_address=dask_address))
-    return results
-
+    return [al_round(workspace, simulate=True, device=device, workers=workers, dask_address=dask_address)
+            for _ in range(rounds)]

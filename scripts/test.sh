@@ -3,5 +3,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+
+# Test-only tools (the user setup needs none of them): headless Chromium renders `dvc plots show`
+# (tests/tasks/test_plots_template.py, skipped when it cannot be installed).
+if ! command -v chromium >/dev/null 2>&1; then
+  apt_log=$(mktemp)
+  echo "test: installing chromium (apt-get)"
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >"$apt_log" 2>&1; then
+    echo "test: could not install chromium (the plots rendering test will be skipped):"
+    tail -5 "$apt_log"
+  fi
+  rm -f "$apt_log"
+fi
+
 export DO_NOT_TRACK=1 DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 exec .venv/bin/python -m pytest -q "$@"

@@ -9,65 +9,24 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
-import yaml
 from PIL import Image
 
 from al_lib.data import ImageFolderDataset, ManifestDataset
 from al_lib.data.active_dataset import HISTORY_COLUMNS, utc_now
-from tasks import versioning
+from tasks import dvc_repo, git_repo
+from tasks.lock import workspace_lock
+from tasks.pipeline import write_dvc_yaml
+from tasks.plots_template import install_plots_template
 from tasks.workspace import (
-    write_file,
-    HELD_OUT_SPLITS, LABELS, MANIFEST, ORACLE_LABELS, PARAMS_FILE, Params, Workspace, write_params,
+    HELD_OUT_SPLITS, IMAGES_DIR, LABELS, MANIFEST, ORACLE_LABELS, PARAMS_FILE, ROUND_FILE, Params, Workspace,
+    write_file, write_params,
 )
 
 logger = logging.getLogger(__name__)
-IMAGES_DIR = "data/pool/images"
 LABEL_MODES = ("seed", "oracle", "none")
 GITIGNORE = ["/models/", "/data/scores/", "/validation/data_docs/", "/.al/", "__pycache__/"]
-
-
-def dvc_stages(*, prepare: dict | None = None, held_out: bool = True) -> dict:
-    """The dvc.yaml of a workspace: each stage runs the same step function as the Prefect flow.
-
-    ``prepare``: a first stage that materialises the pool (the demo workspace's).
-    ``held_out``: labelled held-out images exist, so the learning curve plots test accuracy
-    (validation accuracy otherwise). ``metrics/rounds.csv`` and ``data/queries`` keep a row / a
-    file per round, so they persist (DVC would delete them before rerunning their stage); they
-    are git-tracked, hence uncached.
-    """
-    accuracy = "test_accuracy" if held_out else "val_accuracy"
-    stages = {} if prepare is None else {"prepare": prepare}
-    stages.update({
-        "validate": {
-            "cmd": "al stage validate",
-            "deps": [MANIFEST, LABELS],
-            "params": ["classes"],
-            "outs": [{"validation/results.json": {"cache": False}}],
-        },
-        "train": {
-            "cmd": "al stage train",
-            "deps": [MANIFEST, LABELS, "validation/results.json"],
-            "params": ["classes", "seed", "model", "training", "heuristic", "mc_iterations"],
-            "outs": ["models/model.pt", {"models/model.json": {"cache": False}}],
-            "metrics": [{"metrics/train.json": {"cache": False}}],
-            "plots": [{"metrics/rounds.csv": {"cache": False, "persist": True, "x": "n_labelled", "y": accuracy,
-                                              "title": "learning curve", "x_label": "labelled images",
-                                              "y_label": accuracy.replace("_", " ")}}],
-        },
-        "score": {
-            "cmd": "al stage score",
-            "deps": ["models/model.pt", MANIFEST, LABELS],
-            "params": ["heuristic", "mc_iterations", "pool_subsample", "seed", "inference"],
-            "outs": ["data/scores/pool_scores.npz"],
-        },
-        "query": {
-            "cmd": "al stage query",
-            "deps": ["data/scores/pool_scores.npz"],
-            "params": ["query_size", "heuristic", "seed", "classes"],
-            "outs": [{"data/queries": {"cache": False, "persist": True}}],
-        },
-    })
-    return {"stages": stages}
+#: Lines every workspace's .gitignore gets (a repository that existed before keeps its own).
+GITIGNORE_DEFAULTS = ("__pycache__/", "*.py[cod]", ".venv/", ".pytest_cache/")
 
 
 def create_workspace(
@@ -123,16 +82,33 @@ def create_workspace(
     _write_tables(ws, table, labels)
     params = Params(classes=list(classes), seed=seed, model=_model_for(table, ws), **params_overrides)
     write_params(ws.path(PARAMS_FILE), params)
-    write_file(ws.path("dvc.yaml"), yaml.safe_dump(dvc_stages(held_out=_has_test_labels(table, labels)),
-                                                   sort_keys=False))
+    ws.write_round(0)
+    write_dvc_yaml(root, held_out=_has_test_labels(table, labels))
     write_file(ws.path(".gitignore"), "\n".join(GITIGNORE) + "\n")
-    versioning.init_workspace_repo(root, initial_files=[PARAMS_FILE, "dvc.yaml", ".gitignore", MANIFEST]
-                                   + ([ORACLE_LABELS] if labels == "oracle" else []))
-    versioning.track(root, [IMAGES_DIR, LABELS])
-    versioning.commit_paths(root, [IMAGES_DIR + ".dvc", LABELS + ".dvc", "data/pool/.gitignore", "data/.gitignore"],
-                            "workspace: pool images and initial labels")
+    init_workspace_repo(root, initial_files=[PARAMS_FILE, ROUND_FILE, "dvc.yaml", ".gitignore", MANIFEST]
+                        + ([ORACLE_LABELS] if labels == "oracle" else []))
+    git_repo.commit_paths(root, install_plots_template(root), "workspace: offline page for dvc plots show")
+    dvc_repo.track(root, [IMAGES_DIR, LABELS])
+    git_repo.commit_paths(root, [IMAGES_DIR + ".dvc", LABELS + ".dvc", "data/pool/.gitignore", "data/.gitignore"],
+                          "workspace: pool images and initial labels")
     logger.info("created workspace %s: %d images, %d classes, labels as %s", root, len(table), len(classes), labels)
     return ws
+
+
+def init_workspace_repo(path: str | os.PathLike, *, initial_files=()) -> str:
+    """Make ``path`` a git + DVC workspace and commit its skeleton with ``initial_files``; return HEAD.
+
+    Idempotent: an existing repository is never re-initialised; only what is missing is added and
+    committed. Do not list files that will be DVC-tracked.
+    """
+    repo = Path(path)
+    git_repo.init_repo(repo)
+    with workspace_lock(repo):
+        dvc_repo.init_dvc(repo)
+        git_repo.ensure_gitignore(repo / ".gitignore", GITIGNORE_DEFAULTS)
+        skeleton = [".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvcignore"]
+        git_repo.commit_paths(repo, skeleton + [str(f) for f in initial_files], "initialise active-learning workspace")
+        return git_repo.head_commit(repo)
 
 
 def _has_test_labels(table: pd.DataFrame, labels: str) -> bool:
@@ -167,14 +143,23 @@ def _assign_holdout(table: pd.DataFrame, holdout: int, seed: int) -> pd.DataFram
 
 def _copy_images(table: pd.DataFrame, ws: Workspace) -> None:
     """Copy each image to data/pool/images/<id-derived path>; fill the ``path`` column."""
-    paths = []
-    for sid, src in zip(table["id"], table["src"]):
-        rel = PurePosixPath(IMAGES_DIR) / _safe_relative(sid, Path(src).suffix)
-        dest = ws.path(str(rel))
+    table["path"] = [pool_image_path(sid, src) for sid, src in zip(table["id"], table["src"])]
+    copy_into_pool(table, ws)
+
+
+def pool_image_path(sample_id: str, source: str | os.PathLike) -> str:
+    """Where the pool keeps the image of ``sample_id``: ``data/pool/images/<id>`` with ``source``'s
+    suffix, derived from the id alone and never escaping the images folder (`al init` and
+    `al add-images` place images alike)."""
+    return str(PurePosixPath(IMAGES_DIR) / _safe_relative(sample_id, Path(source).suffix))
+
+
+def copy_into_pool(table: pd.DataFrame, ws: Workspace) -> None:
+    """Copy each ``src`` of ``table`` to its workspace-relative ``path``, creating folders."""
+    for src, rel in zip(table["src"], table["path"]):
+        dest = ws.path(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest)
-        paths.append(str(rel))
-    table["path"] = paths
 
 
 def _safe_relative(sample_id: str, suffix: str) -> str:

@@ -11,7 +11,7 @@ from torch.utils.data import Subset
 
 from al_lib.data import ActiveLearningDataset, ManifestDataset
 from al_lib.data.images import image_to_tensor
-from tasks.workspace import HELD_OUT_SPLITS, MANIFEST, Params, Workspace
+from tasks.workspace import MANIFEST, Params, Workspace
 
 
 class ResizeToTensor:
@@ -70,15 +70,7 @@ def load_workspace_data(ws: Workspace, params: Params) -> WorkspaceData:
     labels = ws.labels()
     if len(labels):
         state.load_history(labels)
-    splits = images.splits or [""] * len(images.ids)
-    held_out = frozenset(sid for sid, split in zip(images.ids, splits) if split.lower() in HELD_OUT_SPLITS)
-    return WorkspaceData(state, held_out)
-
-
-def mean_probabilities(probs: np.ndarray) -> np.ndarray:
-    """[N, C, T] MC probabilities → [N, C] predictive distribution (binary [N, 1, T] → [N, 2])."""
-    mean = probs.mean(axis=-1)
-    return np.concatenate([1 - mean, mean], axis=1) if mean.shape[1] == 1 else mean
+    return WorkspaceData(state, frozenset(ws.held_out_ids()))
 
 
 class _InputsOnly(torch.utils.data.Dataset):

@@ -18,21 +18,13 @@ from PIL import Image
 from al_lib.annotations import merge_annotations
 from al_lib.data import load_mnist
 from al_lib.data.active_dataset import HISTORY_COLUMNS
-from tasks.create import IMAGES_DIR
-from tasks.score import round_rng
-from tasks.workspace import MANIFEST, ORACLE_LABELS, PARAMS_FILE, ParamsError, Workspace, write_file
+from tasks.seeds import round_rng
+from tasks.workspace import IMAGES_DIR, MANIFEST, ORACLE_LABELS, PARAMS_FILE, ParamsError, Workspace, write_file
 
 logger = logging.getLogger(__name__)
 
 #: The ``prepare`` section of the demo's params.yaml, when absent.
 PREPARE_DEFAULTS = {"n_pool": 3000, "n_test": 500}
-#: The first stage of the demo workspace's dvc.yaml. ``data/labels.csv`` is written but not
-#: declared: the round snapshots ``dvc add`` it, and DVC refuses to add a stage output.
-PREPARE_STAGE = {
-    "cmd": "al stage prepare",
-    "params": ["prepare", "seed", "classes", "initial_labels"],
-    "outs": [IMAGES_DIR, MANIFEST, ORACLE_LABELS],
-}
 
 
 def mnist_sample(n: int, *, seed: int = 0, split: str = "train",
@@ -118,6 +110,13 @@ def prepare_demo_workspace(ws: Workspace) -> pd.DataFrame:
     logger.info("prepared the demo pool: %d pool and %d test images, %d initial labels",
                 sizes["n_pool"], sizes["n_test"], len(initial))
     return table
+
+
+def prepare_step(ws: Workspace, round: int | None = None, *, device=None, progress: bool = False) -> dict:
+    """The demo's ``prepare`` step (tasks/pipeline.py). ``data/labels.csv`` is written but not
+    declared an output: the round snapshots ``dvc add`` it, and DVC refuses to add a stage output."""
+    table = prepare_demo_workspace(ws)
+    return {"n_images": len(table)}
 
 
 def _digit_classes(ws: Workspace, classes: list[str]) -> tuple[int, ...]:

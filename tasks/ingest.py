@@ -25,20 +25,30 @@ def ingest_step(ws: Workspace, round: int, *, source: str = "human", files: list
 
     Returns a summary dict (files, n_new, n_already_present, per-class counts).
     """
-    params = ws.params()
     files = ws.inbox_files() if files is None else files
     if not files:
         logger.info("round %d: no annotation files in the inbox", round)
         return {"files": [], "n_new": 0, "n_already_present": 0, "class_counts": {}}
-    known_ids = set(ws.manifest()["id"])
-    batches = [read_annotations(path, known_ids=known_ids, classes=params.classes) for path in files]
-    labels, report = merge_annotations(ws.labels(), pd.concat(batches, ignore_index=True), round=round, source=source)
+    labels, report = check_inbox(ws, files, round=round, source=source)
     ws.write_labels(labels)
     _move_aside(files, ws.processed_dir(round))
     logger.info("round %d: ingested %d new labels from %d file(s) (%d already present)", round,
                 report.n_new, len(files), report.n_already_present)
     return {"files": [p.name for p in files], "n_new": report.n_new, "n_already_present": report.n_already_present,
             "class_counts": dict(report.class_counts)}
+
+
+def check_inbox(ws: Workspace, files: list[Path] | None = None, *, round: int = 0, source: str = "human"):
+    """Read and check every inbox file and merge them into the labels table, writing nothing.
+
+    Returns ``(labels, report)`` as :func:`al_lib.annotations.merge_annotations`; raises
+    ``AnnotationError`` (file, row, field) for the first bad file.
+    """
+    params = ws.params()
+    files = ws.inbox_files() if files is None else files
+    known_ids = set(ws.manifest()["id"])
+    batches = [read_annotations(path, known_ids=known_ids, classes=params.classes) for path in files]
+    return merge_annotations(ws.labels(), pd.concat(batches, ignore_index=True), round=round, source=source)
 
 
 def _move_aside(files: list[Path], target: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.score import round_rng
-from tasks.workspace import HELD_OUT_SPLITS, ORACLE_LABELS, Workspace, write_file
+from tasks.seeds import round_rng
+from tasks.workspace import ORACLE_LABELS, Workspace, write_file
 
 logger = logging.getLogger(__name__)
 ANNOTATOR = "oracle"
@@ -42,8 +42,7 @@ def initial_labels(ws: Workspace) -> Path | None:
     params = ws.params()
     manifest = ws.manifest()
     truth = oracle_truth(ws)
-    splits = manifest["split"] if "split" in manifest else pd.Series("", index=manifest.index)
-    queryable = manifest[~splits.str.lower().isin(HELD_OUT_SPLITS)]["id"]
+    queryable = manifest["id"][~manifest["id"].isin(ws.held_out_ids())]
     if queryable.isin(ws.labels()["id"]).any():
         return None  # the seed labels exist already: a rerun, or labels imported by hand
     queryable = queryable[queryable.isin(truth.index)].to_numpy()

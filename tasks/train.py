@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -17,13 +16,12 @@ from al_lib.models import build_model
 from al_lib.plotting import plot_learning_curves
 from al_lib.training import fit
 from tasks.datasets import load_workspace_data
+from tasks.seeds import round_seed
 from tasks.workspace import (
-    LABELS, MANIFEST, MODEL, ROUNDS_METRICS, TRAIN_METRICS, TRAIN_PARAMS, Params, Workspace, write_file,
+    LABELS, LEARNING_CURVE, MODEL, ROUNDS_METRICS, TRAIN_METRICS, Params, Workspace, write_file,
 )
 
 logger = logging.getLogger(__name__)
-MODEL_META = "models/model.json"
-LEARNING_CURVE = "metrics/learning_curve.png"
 
 
 def build_workspace_model(params: Params) -> torch.nn.Module:
@@ -44,77 +42,59 @@ def load_workspace_model(ws: Workspace, params: Params) -> torch.nn.Module:
     return model
 
 
-def train_inputs_digest(ws: Workspace) -> str:
-    """What training depends on: labels, manifest and parameters (content, not run ids)."""
-    return ws.file_digest(LABELS, MANIFEST) + ws.params_digest(*TRAIN_PARAMS)
-
-
 def train_step(ws: Workspace, round: int, *, device=None, progress: bool = False) -> dict:
     """Train from the seeded initial weights (Gal et al. 2017: reset every round) to convergence.
 
     Writes ``models/model.pt`` (state dict), ``metrics/train.json`` and this round's row of
-    ``metrics/rounds.csv``, each atomically. Skips training when the checkpoint on disk was
-    trained on exactly the current inputs (a resumed round).
+    ``metrics/rounds.csv``, each atomically. Whether it needs to run is DVC's record
+    (``dvc.lock``), not this function's.
 
     Returns the round's metrics (dict).
     """
     params = ws.params()
-    digest = train_inputs_digest(ws)
-    done = _finished_training(ws, digest, round)
-    if done is not None:
-        logger.info("round %d: model already trained on these labels (%s…), skipping training", round, digest[:10])
-        return done
     data = load_workspace_data(ws, params)
     train_set = data.train_set()
     if len(train_set) == 0:
         raise ValueError(f"{ws.path(LABELS)}: no labelled training sample yet — import labels or run `al simulate`")
     model = build_workspace_model(params)
-    result = fit(model, train_set, device=device, seed=params.seed + round, progress=progress, **params.training)
+    result = fit(model, train_set, device=device, seed=round_seed(params.seed, round, "train"), progress=progress,
+                 **params.training)
     metrics = {"round": round, "n_labelled": len(train_set),
                **_fit_metrics(result)}
     eval_set = data.eval_set()
     if len(eval_set):
         probs = predict_mc(model, eval_set, iterations=params.mc_iterations, device=device,
-                           seed=params.seed + round, progress=progress,
+                           seed=round_seed(params.seed, round, "evaluate"), progress=progress,
                            batch_size=params.inference.get("batch_size", 256))
         scores = evaluate(probs, [label for _, label in (eval_set[i] for i in range(len(eval_set)))])
         metrics.update({f"test_{k}": scores[k] for k in ("accuracy", "nll", "ece", "macro_f1")}, n_test=len(eval_set))
-    _save(ws, model, metrics, digest)
-    logger.info("round %d: trained on %d labels in %d epochs (%s)", round, len(train_set),
-                result.epochs_run, result.message)
+    _save(ws, model, metrics)
+    logger.info("round %d: trained on %d labels in %d epochs, %.1f s (%s)", round, len(train_set),
+                result.epochs_run, result.seconds, result.message)
     return metrics
 
 
 def _fit_metrics(result) -> dict:
     best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
-    out = {"epochs": result.epochs_run, "best_epoch": result.best_epoch, "train_seconds": round(result.seconds, 3)}
+    # No timings: tracked metrics are a function of the inputs (same inputs, same file).
+    out = {"epochs": result.epochs_run, "best_epoch": result.best_epoch}
     for key in ("train_loss", "val_loss", "val_accuracy"):
         if best.get(key) is not None:
             out[key] = float(best[key])
     return out
 
 
-def _finished_training(ws: Workspace, digest: str, round: int) -> dict | None:
-    meta_path, model_path = ws.path(MODEL_META), ws.path(MODEL)
-    if not (meta_path.is_file() and model_path.is_file()):
-        return None
-    meta = json.loads(meta_path.read_text())
-    if meta.get("inputs") != digest or meta.get("round") != round:
-        return None
-    if hashlib.sha256(model_path.read_bytes()).hexdigest() != meta.get("sha256"):
-        return None
-    return meta["metrics"]
-
-
-def _save(ws: Workspace, model: torch.nn.Module, metrics: dict, digest: str) -> None:
+def _save(ws: Workspace, model: torch.nn.Module, metrics: dict) -> None:
     buffer = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
-    blob = buffer.getvalue()
-    write_file(ws.path(MODEL), blob)
+    write_file(ws.path(MODEL), buffer.getvalue())
     write_file(ws.path(TRAIN_METRICS), json.dumps(metrics, indent=2) + "\n")
     _upsert_round_row(ws, metrics)
-    meta = {"round": metrics["round"], "inputs": digest, "sha256": hashlib.sha256(blob).hexdigest(), "metrics": metrics}
-    write_file(ws.path(MODEL_META), json.dumps(meta, indent=2) + "\n")
+
+
+def trained_metrics(ws: Workspace) -> dict:
+    """The metrics of the last training (``metrics/train.json``)."""
+    return json.loads(ws.path(TRAIN_METRICS).read_text())
 
 
 def _upsert_round_row(ws: Workspace, metrics: dict) -> None:

@@ -11,16 +11,32 @@ Failing rows come from GX's ``unexpected_index_list`` (``result_format="COMPLETE
 handed to GX carry a 0-based RangeIndex in file order, so index ``i`` is CSV row ``i + 2``
 (the header is row 1).
 
+Images are checked incrementally (:func:`check_images`): an image is decoded completely once per
+file content — what that showed (:class:`ImageFacts`) is remembered by content hash in a small
+cache file the caller names (``image_cache=``) — and each file's content hash is remembered by a
+cheap stat key (size, mtime_ns, inode), as DVC's state db does, so a validation reads only new or
+changed files. The cache only saves time: a lost or corrupt one is rebuilt.
+
+``results.json`` is deterministic — the same inputs give the same bytes — so DVC, which tracks it
+as the validate stage's output, sees it unchanged: it keeps the outcome, the statistics, each
+expectation's result and the failing rows, and leaves out GX's run ids, UUIDs and timestamps.
+
 Great Expectations is imported lazily (it costs seconds), so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+import array
+import hashlib
+import io
 import json
 import logging
 import os
 import secrets
 import shutil
+import stat
+import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +51,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "FAILURE_COLUMNS",
+    "ImageChecks",
+    "ImageFacts",
     "ValidationReport",
+    "check_images",
     "load_and_validate",
     "validate_workspace_data",
 ]
@@ -47,6 +66,7 @@ RESULTS_FILE = "results.json"  # written next to the Data Docs directory
 _SITE = "workspace_docs"
 _FIRST_DATA_ROW = 2  # CSV row of frame index 0: the header is row 1
 _IN_TRUE = ("ExpectColumnValuesToBeInSet", {"value_set": [True]})
+_NAMED_FAILURES = 3  # failing rows a summary names
 
 
 @dataclass(frozen=True)
@@ -135,25 +155,42 @@ class ValidationReport:
         ``n_failed_expectations``.
     docs_path : Path or None
         ``index.html`` of the Data Docs, when they were built.
+    image_checks : dict or None
+        When images were decoded: ``checked`` (decoded now: new or changed content),
+        ``remembered`` (known from the image cache) and ``hashed`` (files read to hash them).
+        Not part of ``statistics``: it depends on the cache, not on the data.
     """
 
     success: bool
     failures: pd.DataFrame
     statistics: dict[str, Any]
     docs_path: Path | None = None
+    image_checks: dict[str, int] | None = None
 
-    def summary(self) -> str:
-        """One human sentence, e.g. ``validation failed: 2 failing rows in data/labels.csv (...)``."""
+    def summary(self, max_named: int = _NAMED_FAILURES) -> str:
+        """One human line: the outcome, failing rows per file and check, and the first
+        ``max_named`` failing rows by file, row, field and value, e.g.
+        ``validation failed: 1 failing row in data/pool/manifest.csv (image does not decode: 1):
+        data/pool/manifest.csv row 4, path='data/pool/images/2.png': image does not decode``."""
         stats = self.statistics
         if self.success:
-            return (f"validation passed: {stats['n_manifest']} manifest rows, {stats['n_labels']} labels, "
+            text = (f"validation passed: {stats['n_manifest']} manifest rows, {stats['n_labels']} labels, "
                     f"{stats['n_expectations']} expectations met")
-        parts = []
-        for file, group in self.failures.groupby("file", sort=False):
-            counts = group.groupby("check", sort=False).size().sort_values(ascending=False, kind="stable")
-            detail = ", ".join(f"{check}: {n}" for check, n in counts.items())
-            parts.append(f"{_plural(len(group), 'failing row')} in {file} ({detail})")
-        return "validation failed: " + "; ".join(parts)
+        else:
+            parts = []
+            for file, group in self.failures.groupby("file", sort=False):
+                counts = group.groupby("check", sort=False).size().sort_values(ascending=False, kind="stable")
+                detail = ", ".join(f"{check}: {n}" for check, n in counts.items())
+                parts.append(f"{_plural(len(group), 'failing row')} in {file} ({detail})")
+            text = "validation failed: " + "; ".join(parts)
+            named = [_describe_failure(f) for f in self.failures.head(max_named).itertuples(index=False)]
+            if named:
+                more = len(self.failures) - len(named)
+                text += ": " + "; ".join(named) + (f"; and {more} more" if more > 0 else "")
+        if self.image_checks is not None:
+            text += (f" [images: {self.image_checks['checked']} checked, "
+                     f"{self.image_checks['remembered']} remembered]")
+        return text
 
     def to_markdown(self, max_rows: int = 50) -> str:
         """A Markdown report (for a Prefect artifact): the summary and the first ``max_rows`` failures."""
@@ -167,6 +204,13 @@ class ValidationReport:
         return "\n".join(lines) + "\n"
 
 
+def _describe_failure(failure) -> str:
+    """``file row R, field='value': check`` (row and value left out where there is none)."""
+    where = failure.file if pd.isna(failure.row) else f"{failure.file} row {int(failure.row)}"
+    what = failure.field if pd.isna(failure.value) else f"{failure.field}={failure.value!r}"
+    return f"{where}, {what}: {failure.check}"
+
+
 def validate_workspace_data(
     workspace: str | os.PathLike,
     manifest: pd.DataFrame,
@@ -175,6 +219,7 @@ def validate_workspace_data(
     classes: Sequence[str],
     min_labels_per_class: int = 0,
     decode_images: bool = True,
+    image_cache: str | os.PathLike | None = None,
     docs_dir: str | os.PathLike | None = None,
 ) -> ValidationReport:
     """Validate a workspace's manifest and labels with Great Expectations.
@@ -193,15 +238,18 @@ def validate_workspace_data(
     min_labels_per_class : int
         Each class needs at least this many labels.
     decode_images : bool
-        Also check that PIL can open and verify each image (reads every file).
+        Also check that each image decodes completely (PIL, under its decompression-bomb limit).
+    image_cache : path-like, optional
+        Cache file of the image checks (see :func:`check_images`; e.g. the workspace's
+        ``.al/image-checks.json``): images it knows are not decoded again. None: decode all.
     docs_dir : path-like, optional
-        Build GX Data Docs here (replacing the previous ones) and write the GX results to
-        ``results.json`` in its parent directory.
+        Build GX Data Docs here (replacing the previous ones) and write the results to
+        ``results.json`` in its parent directory (deterministic: same inputs, same bytes).
 
     Returns
     -------
     ValidationReport
-        Nothing is modified but ``docs_dir`` and its ``results.json``.
+        Nothing is modified but ``docs_dir``, its ``results.json`` and ``image_cache``.
 
     Raises
     ------
@@ -215,7 +263,7 @@ def validate_workspace_data(
     if docs_dir is not None:
         _check_replaceable(docs_dir)
 
-    manifest_frame = _manifest_frame(workspace, manifest, decode_images)
+    manifest_frame, image_checks = _manifest_frame(workspace, manifest, decode_images, image_cache)
     labels_frame = _labels_frame(labels, manifest_frame)
     counts = _class_counts(labels_frame, classes)
     batches = [
@@ -236,9 +284,10 @@ def validate_workspace_data(
         "n_expectations": sum(len(result.results) for result in results),
         "n_failed_expectations": sum(not r.success for result in results for r in result.results),
     }
-    report = ValidationReport(all(result.success for result in results), failures, statistics, docs_path)
+    report = ValidationReport(all(result.success for result in results), failures, statistics, docs_path,
+                              None if image_checks is None else image_checks.counts())
     if docs_dir is not None:
-        _write_results(docs_dir.parent / RESULTS_FILE, report, results)
+        _write_results(docs_dir.parent / RESULTS_FILE, report, batches, results)
     (logger.info if report.success else logger.warning)("%s", report.summary())
     return report
 
@@ -246,7 +295,7 @@ def validate_workspace_data(
 def load_and_validate(workspace: str | os.PathLike, classes: Sequence[str], **kwargs: Any) -> ValidationReport:
     """Read ``data/pool/manifest.csv`` and ``data/labels.csv`` (missing = no labels) and validate them.
 
-    ``kwargs`` go to :func:`validate_workspace_data`.
+    ``kwargs`` go to :func:`validate_workspace_data` (``docs_dir``, ``image_cache``, ...).
     """
     workspace = _existing_workspace(workspace)
     manifest = _read_csv(workspace / MANIFEST)
@@ -276,57 +325,90 @@ def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
     Blank cells (NaN, "", whitespace) become None, so GX's not-null expectations catch them
     whatever NA options the CSV was read with.
     """
+    columns = {name: pd.Series(_text_cells(frame[name].tolist()), dtype=object) for name in frame.columns}
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(frame)), columns=frame.columns)
+
+
+def _text_cells(values: list) -> list[str | None]:
+    """Cells as str, or None where blank or missing."""
+    if set(map(type, values)) <= {str}:  # the usual CSV column: only blanks need a look
+        return [v if v and not v.isspace() else None for v in values]
+
     def text(value: Any) -> str | None:
         if value is None or (not isinstance(value, str) and pd.isna(value)):
             return None
         value = str(value)
         return value if value.strip() else None
 
-    texts = frame.reset_index(drop=True).astype(object).map(text).astype(object)
-    return texts.where(texts.notna(), None)  # map may infer a str dtype, turning None into NaN
+    return [text(v) for v in values]
 
 
-def _manifest_frame(workspace: Path, manifest: pd.DataFrame, decode_images: bool) -> pd.DataFrame:
+def _facts_column(values: list[bool | None]) -> pd.arrays.BooleanArray:
+    # Nullable booleans, not objects: GX's null and set checks on them cost a third less.
+    return pd.array(values, dtype="boolean")
+
+
+def _manifest_frame(workspace: Path, manifest: pd.DataFrame, decode_images: bool,
+                    image_cache: str | os.PathLike | None) -> tuple[pd.DataFrame, ImageChecks | None]:
     """The manifest plus helper columns ``path_is_relative``, ``path_inside_workspace``,
     ``file_exists`` and (when ``decode_images``) ``decodes``: True/False, or None where a previous
-    fact already failed."""
+    fact already failed. Also the image checks (None when not decoding)."""
     frame = _as_text(manifest)
     if "path" not in frame.columns:
-        return frame
-    facts = [_path_facts(workspace, path, decode_images) for path in frame["path"]]
-    names = ["path_is_relative", "path_inside_workspace", "file_exists"] + (["decodes"] if decode_images else [])
-    for position, name in enumerate(names):
-        frame[name] = pd.Series([fact[position] for fact in facts], index=frame.index, dtype=object)
-    return frame
+        return frame, None
+    relative, inside, normalised = _locate(frame["path"].tolist())
+    rows = [row for row, ok in enumerate(inside) if ok]  # the rows whose file is looked at
+    root = os.fspath(workspace.resolve()) + os.sep
+    targets = [root + normalised[row] for row in rows]
+    exists: list[bool | None] = [None] * len(frame)  # None: not applicable (a previous fact failed)
+    decodes: list[bool | None] = [None] * len(frame)
+    checks = None
+    if decode_images:
+        checks = _check_files(targets, image_cache, prune=True)
+        found = [facts is not None for facts in checks.facts]
+        decoded = [None if facts is None else facts.decodes for facts in checks.facts]
+    else:
+        found, decoded = [os.path.isfile(target) for target in targets], []
+    if len(rows) == len(frame):  # every path relative and inside: no gaps to leave
+        exists, decodes = found, decoded
+    else:
+        for position, row in enumerate(rows):
+            exists[row] = found[position]
+            decodes[row] = decoded[position] if decoded else None
+    columns = {"path_is_relative": relative, "path_inside_workspace": inside, "file_exists": exists}
+    if decode_images:
+        columns["decodes"] = decodes
+    for name, values in columns.items():
+        frame[name] = _facts_column(values)
+    return frame, checks
 
 
-def _path_facts(workspace: Path, path: str | None, decode_images: bool) -> list[bool | None]:
-    """The chain relative -> inside -> exists -> decodes for one path; None after the first False."""
-    if path is None:
-        return [None] * 4
-    normalised = os.path.normpath(path)  # lexical: a DVC symlink into an outside cache is fine
-    checks = (
-        lambda: not os.path.isabs(path),
-        lambda: normalised != os.pardir and not normalised.startswith(os.pardir + os.sep),
-        lambda: (workspace / normalised).is_file(),
-        lambda: _decodes(workspace / normalised) if decode_images else None,
-    )
-    facts: list[bool | None] = []
-    for check in checks:
-        facts.append(check() if not facts or facts[-1] else None)
-    return facts
+def _locate(paths: list[str | None]) -> tuple[list, list, list]:
+    """Per manifest path: relative?, inside the workspace? (None when absolute), normalised path.
+
+    All None where there is no path.
+    """
+    relative, inside, normalised = [], [], []
+    for path in paths:
+        if path is None or _isabs(path):
+            relative.append(None if path is None else False)
+            inside.append(None)
+            normalised.append(None)
+        # The usual "data/pool/images/x.png" is already normal and inside (a cheap, conservative test).
+        elif not (path[0] == "." or path[-1] == "/" or "/." in path or "//" in path or "\\" in path):
+            relative.append(True)
+            inside.append(True)
+            normalised.append(path)
+        else:
+            plain = os.path.normpath(path)  # lexical: a DVC symlink into an outside cache is fine
+            relative.append(True)
+            inside.append(plain != os.pardir and not plain.startswith(os.pardir + os.sep))
+            normalised.append(plain)
+    return relative, inside, normalised
 
 
-def _decodes(path: Path) -> bool:
-    """Whether PIL can open and verify the image (verify reads the file without decoding pixels)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except Exception:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
-        return False
-    return True
+# os.path.isabs costs about a microsecond: 100k paths pay it every round.
+_isabs = (lambda path: path[0] == "/") if os.name == "posix" else os.path.isabs
 
 
 def _labels_frame(labels: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
@@ -335,8 +417,8 @@ def _labels_frame(labels: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
         labels = pd.DataFrame(columns=list(_label_format()[0]))
     frame = _as_text(labels)
     if "id" in frame.columns and "id" in manifest.columns:
-        known = frame["id"].isin(set(manifest["id"].dropna()))
-        frame["id_in_manifest"] = known.astype(object).where(frame["id"].notna(), None)
+        known = set(manifest["id"].tolist()) - {None}
+        frame["id_in_manifest"] = _facts_column([None if i is None else i in known for i in frame["id"].tolist()])
     return frame
 
 
@@ -345,6 +427,372 @@ def _class_counts(labels: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     present = labels["label"] if "label" in labels.columns else pd.Series(dtype=object)
     counts = present.value_counts().reindex(list(classes), fill_value=0)
     return pd.DataFrame({"label": list(classes), "count": counts.to_numpy(dtype=int)})
+
+
+# --- image checks ------------------------------------------------------------------------------
+
+_CACHE_FORMAT = "al-image-checks"
+_CACHE_VERSION = 1
+#: A file modified this recently may change again within its file system's timestamp
+#: granularity without its stat key changing: only its content hash is trusted, not its stat.
+_RACY_NS = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What fully decoding one image file showed.
+
+    ``error`` is None when the file decoded completely; then ``format`` (e.g. "PNG"), ``mode``
+    (e.g. "L") and ``width``/``height`` (pixels) describe it. Otherwise ``error`` says why not,
+    e.g. ``"OSError: broken data stream when reading image file"``.
+    """
+
+    format: str | None = None
+    mode: str | None = None
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+
+    @property
+    def decodes(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class ImageChecks:
+    """Outcome of :func:`check_images`.
+
+    Attributes
+    ----------
+    facts : list of ImageFacts or None, [N]
+        Aligned with the paths; None where there is no regular file.
+    checked : int
+        Images decoded by this call (new or changed content).
+    remembered : int
+        Images whose facts came from the cache (not decoded).
+    hashed : int
+        Files read to hash their content (their stat key was unknown or had changed).
+    """
+
+    facts: list[ImageFacts | None]
+    checked: int = 0
+    remembered: int = 0
+    hashed: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {"checked": self.checked, "remembered": self.remembered, "hashed": self.hashed}
+
+
+def check_images(
+    paths: Sequence[str | os.PathLike],
+    *,
+    cache: str | os.PathLike | None = None,
+    prune: bool = False,
+) -> ImageChecks:
+    """Decode each image file completely, once per file content.
+
+    An image passes when PIL verifies its structure (chunk CRCs) and decodes every pixel
+    (``Image.load()``) without error; exceeding PIL's decompression-bomb limit
+    (``Image.MAX_IMAGE_PIXELS``, where PIL itself only warns) is an error too.
+
+    Parameters
+    ----------
+    paths : sequence of path-like, [N]
+        Image files (relative ones are taken from the working directory).
+    cache : path-like, optional
+        File remembering facts by content hash (blake2b) and content hashes by stat key (size,
+        mtime_ns, inode), as DVC's state db does. Created with its folder, written atomically and
+        only when it changed. An unreadable one, or one written by another Pillow version or
+        under another pixel limit, is rebuilt: a lost cache costs time, never correctness. A file
+        rewritten with the same size, mtime and inode is not noticed (as by DVC and git).
+    prune : bool
+        A whole-pool check: forget every file but ``paths`` (the cache keeps the pool's size), and
+        remember this list with all its stat keys, so that the next identical check reads nothing
+        but the first line of the cache.
+
+    Returns
+    -------
+    ImageChecks
+        Facts per path and how many images were decoded, remembered and hashed.
+    """
+    return _check_files([_absolute(path) for path in paths], cache, prune)
+
+
+def _check_files(keys: list[str], cache: str | os.PathLike | None, prune: bool) -> ImageChecks:
+    """:func:`check_images` of absolute paths."""
+    racy_after = time.time_ns() - _RACY_NS
+    infos = [_regular_file_stat(key) for key in keys]
+    store = _ImageCache.open(None if cache is None else Path(cache))
+    fingerprint = _fingerprint(keys, infos) if prune and cache is not None else None
+    facts = store.snapshot_facts(fingerprint, len(keys))
+    if facts is not None:  # the same files with the same stat keys as the last whole-pool check
+        checks = ImageChecks(facts, remembered=len(facts))
+    else:
+        tally = {"checked": 0, "remembered": 0, "hashed": 0}
+        facts = [None if info is None else _check_one(store, key, info, racy_after, tally)
+                 for key, info in zip(keys, infos)]
+        checks = ImageChecks(facts, **tally)
+        if fingerprint is not None and not store.racy and all(f is not None for f in facts):
+            store.set_snapshot(fingerprint, facts)
+        if cache is not None:
+            store.save(prune=prune)
+    logger.info("image checks: %d decoded, %d remembered (%d files hashed)",
+                checks.checked, checks.remembered, checks.hashed)
+    return checks
+
+
+def _absolute(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    return path if path.startswith(os.sep) else os.path.abspath(path)  # the cache keys on absolute paths
+
+
+def _regular_file_stat(path: str) -> os.stat_result | None:
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):  # missing, not a directory on the way, unreadable, NUL in path
+        return None
+    return info if stat.S_ISREG(info.st_mode) else None
+
+
+def _fingerprint(keys: list[str], infos: list[os.stat_result | None]) -> str:
+    """Hash of the paths in order with their stat keys (missing files included)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update("\0".join(keys).encode("utf-8", "surrogateescape"))
+    values = [v for i in infos for v in ((-1, -1, -1) if i is None else (i.st_size, i.st_mtime_ns, i.st_ino))]
+    try:
+        digest.update(array.array("q", values).tobytes())
+    except OverflowError:  # an inode beyond 2**63 - 1
+        digest.update(repr(values).encode())
+    return digest.hexdigest()
+
+
+def _check_one(store: _ImageCache, path: str, info: os.stat_result, racy_after: int,
+               tally: dict[str, int]) -> ImageFacts:
+    """The facts of one file: from the cache when its stat key (else its content hash) is known."""
+    stat_key = (info.st_size, info.st_mtime_ns, info.st_ino)
+    known = store.known(path, stat_key)
+    if known is not None:  # nothing is read
+        tally["remembered"] += 1
+        return known
+    try:
+        data = _read_bytes(path)
+    except OSError as exc:  # a read error is no fact about the content: not remembered
+        tally["checked"] += 1
+        store.racy = True  # and no snapshot: the next check must look again
+        return ImageFacts(error=f"{type(exc).__name__}: {exc}")
+    tally["hashed"] += 1
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    facts = store.facts.get(digest)
+    if facts is None:
+        facts = _decode_facts(data)
+        store.add_facts(digest, facts)
+        tally["checked"] += 1
+    else:
+        tally["remembered"] += 1
+    # A file modified just now may change again within its timestamp granularity, its stat key
+    # unchanged: only its content hash is remembered, and the next check reads it again.
+    store.remember(path, stat_key, digest, racy=info.st_mtime_ns >= racy_after)
+    return facts
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _decode_facts(data: bytes) -> ImageFacts:
+    """Verify and fully decode an image file's bytes; the decompression-bomb warning is an error."""
+    from PIL import Image
+
+    buffer = io.BytesIO(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(buffer) as image:
+                image.verify()  # structure and CRCs; a broken compressed stream passes it
+            buffer.seek(0)
+            with Image.open(buffer) as image:
+                image.load()  # every pixel, as training will
+                return ImageFacts(image.format, image.mode, image.size[0], image.size[1])
+        except MemoryError:
+            raise
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+            # Facts are about the content: no object address in them ("cannot identify <BytesIO at 0x..>").
+            message = str(exc).replace(repr(buffer), "the image data")
+            return ImageFacts(error=f"{type(exc).__name__}: {message}")
+
+
+def _checker() -> dict[str, Any]:
+    """What the facts depend on besides the content: a cache made under others is not trusted."""
+    import PIL
+    from PIL import Image, ImageFile
+
+    return {"pillow": PIL.__version__, "max_image_pixels": Image.MAX_IMAGE_PIXELS,
+            "load_truncated_images": bool(ImageFile.LOAD_TRUNCATED_IMAGES)}
+
+
+_FACT_FIELDS = ("format", "mode", "width", "height", "error")
+
+
+class _ImageCache:
+    """The image-check cache file: two JSON lines.
+
+    Line 1, the header: format, version, the checker it was made under (:func:`_checker`) and
+    the snapshot of the last whole-pool check — the fingerprint of its paths and stat keys and
+    their facts, run-length encoded — so an unchanged pool is answered from this line alone.
+    Line 2, the table, columnar (a 100k-image table parses in about a tenth of a second):
+    ``paths``, ``stats`` (size, mtime_ns, inode and an index into ``images`` per path) and
+    ``images`` (content hash and facts). It is parsed only when the snapshot does not match.
+    """
+
+    def __init__(self, path: Path | None, header: dict | None = None, table: bytes = b"") -> None:
+        self.path = path
+        self.header = header or {}
+        self._table = table  # line 2, unparsed
+        self.files: dict[str, tuple] = {}  # path -> (size, mtime_ns, inode, digest): trusted stat keys
+        self.facts: dict[str, ImageFacts] = {}  # digest -> ImageFacts
+        self.seen: dict[str, str] = {}  # path -> digest of this run's files
+        self.racy = False  # some file of this run was too fresh (or unreadable) to trust its stat
+        self.dirty = False
+        self._parsed = False
+        self._snapshot: dict | None = None  # made by this run
+
+    @classmethod
+    def open(cls, path: Path | None) -> _ImageCache:
+        """The cache at ``path`` with its header read (an absent or unreadable file: empty)."""
+        if path is None or not path.exists():
+            return cls(path)
+        try:
+            with open(path, "rb") as fh:
+                header = json.loads(fh.readline())
+                table = fh.read()
+            if header.get("format") != _CACHE_FORMAT or header.get("version") != _CACHE_VERSION:
+                raise ValueError(f"not a version {_CACHE_VERSION} {_CACHE_FORMAT} file")
+        except (OSError, ValueError, AttributeError) as exc:
+            return cls._unreadable(path, exc)
+        return cls(path, header, table)
+
+    @classmethod
+    def _unreadable(cls, path: Path, exc: Exception) -> _ImageCache:
+        logger.warning("image-check cache %s is unreadable (%s: %s): rebuilding it", path, type(exc).__name__, exc)
+        cache = cls(path)
+        cache.dirty = True
+        return cache
+
+    def _current(self) -> bool:
+        return self.header.get("checker") == _checker()
+
+    def snapshot_facts(self, fingerprint: str | None, n: int) -> list[ImageFacts] | None:
+        """The facts of the last whole-pool check if ``fingerprint`` is its fingerprint."""
+        snapshot = self.header.get("snapshot") or {}
+        if fingerprint is None or snapshot.get("fingerprint") != fingerprint or not self._current():
+            return None
+        try:
+            kinds = [ImageFacts(*values) for values in snapshot["facts"]]
+            runs = snapshot["runs"]
+            facts = [kinds[k] for k, count in zip(runs[0::2], runs[1::2]) for _ in range(count)]
+        except (KeyError, TypeError, IndexError) as exc:
+            logger.warning("image-check cache %s: bad snapshot (%s): checking the files", self.path, exc)
+            return None
+        return facts if len(facts) == n else None
+
+    def set_snapshot(self, fingerprint: str, facts: list[ImageFacts]) -> None:
+        kinds: dict[ImageFacts, int] = {}
+        runs: list[int] = []
+        for item in facts:
+            kind = kinds.setdefault(item, len(kinds))
+            if runs and runs[-2] == kind:
+                runs[-1] += 1
+            else:
+                runs += [kind, 1]
+        self._snapshot = {"fingerprint": fingerprint, "runs": runs,
+                          "facts": [[getattr(k, name) for name in _FACT_FIELDS] for k in kinds]}
+        self.dirty = True
+
+    def _parse_table(self) -> None:
+        """Read line 2 into ``files`` and ``facts`` (once; a bad table is dropped)."""
+        if self._parsed:
+            return
+        self._parsed = True
+        if not self._table.strip():
+            return
+        try:
+            table = json.loads(self._table)
+            paths, stats, images = table["paths"], table["stats"], table["images"]
+            if len(stats) != 4 * len(paths):  # wrong types only cost a rehash: they never match a stat
+                raise ValueError("'stats' does not hold 4 values per path")
+            digests = [str(image[0]) for image in images]
+            self.files = {str(p): (size, mtime, inode, digests[k]) for p, size, mtime, inode, k
+                          in zip(paths, stats[0::4], stats[1::4], stats[2::4], stats[3::4])}
+            if not self._current():  # other Pillow or limits: the facts are stale, the hashes are not
+                self.dirty = True
+                return
+            shared: dict[tuple, ImageFacts] = {}  # most images share their facts: one object each
+            for digest, image in zip(digests, images):
+                values = tuple(image[1:6])
+                self.facts[digest] = shared.get(values) or shared.setdefault(values, ImageFacts(*values))
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            logger.warning("image-check cache %s: unreadable table (%s: %s): rebuilding it", self.path,
+                           type(exc).__name__, exc)
+            self.files, self.facts, self.dirty = {}, {}, True
+
+    def known(self, path: str, stat_key: tuple) -> ImageFacts | None:
+        """The facts of ``path`` if its stat key is the remembered one (then noted as seen)."""
+        self._parse_table()
+        entry = self.files.get(path)
+        if entry is None or entry[0] != stat_key[0] or entry[1] != stat_key[1] or entry[2] != stat_key[2]:
+            return None
+        facts = self.facts.get(entry[3])
+        if facts is not None:
+            self.seen[path] = entry[3]
+        return facts
+
+    def add_facts(self, digest: str, facts: ImageFacts) -> None:
+        self._parse_table()
+        self.facts[digest] = facts
+        self.dirty = True
+
+    def remember(self, path: str, stat_key: tuple, digest: str, *, racy: bool) -> None:
+        """Note this run's hash of ``path``; its stat key is trusted next time unless ``racy``."""
+        self._parse_table()
+        self.seen[path] = digest
+        self.racy |= racy
+        entry = None if racy else (*stat_key, digest)
+        if self.files.get(path) != entry:
+            if entry is None:
+                del self.files[path]
+            else:
+                self.files[path] = entry
+            self.dirty = True
+
+    def save(self, *, prune: bool) -> None:
+        """Write the cache if it changed; ``prune``: keep only this run's files and their facts."""
+        self._parse_table()
+        if prune:
+            live = set(self.seen.values())  # racy files' too: next time they are hashed, not decoded
+            files = {p: e for p, e in self.files.items() if p in self.seen}
+            facts = {d: f for d, f in self.facts.items() if d in live}
+            self.dirty |= len(files) != len(self.files) or len(facts) != len(self.facts)
+            self.files, self.facts = files, facts
+        if not self.dirty or self.path is None:
+            return
+        digests = list(self.facts)
+        index = {digest: i for i, digest in enumerate(digests)}
+        files = [(p, e) for p, e in self.files.items() if e[3] in index]  # a hash without facts: rehash
+        # An older snapshot stays valid for the files it fingerprints, unless made under another checker.
+        snapshot = self._snapshot or (self.header.get("snapshot") if self._current() else None)
+        header = {"format": _CACHE_FORMAT, "version": _CACHE_VERSION, "checker": _checker(), "snapshot": snapshot}
+        table = {
+            "paths": [p for p, _ in files],
+            "stats": [v for _, e in files for v in (e[0], e[1], e[2], index[e[3]])],
+            "images": [[d, *(getattr(self.facts[d], name) for name in _FACT_FIELDS)] for d in digests],
+        }
+        text = json.dumps(header, separators=(",", ":")) + "\n" + json.dumps(table, separators=(",", ":")) + "\n"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, text)
+        except OSError as exc:  # an unwritable cache costs the next run time, nothing else
+            logger.warning("could not write the image-check cache %s: %s", self.path, exc)
 
 
 # --- Great Expectations ------------------------------------------------------------------------
@@ -488,14 +936,52 @@ def _failures_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return frame.astype({"value": object})
 
 
-def _write_results(path: Path, report: ValidationReport, results: list) -> None:
-    """The GX suite results (JSON), with the outcome and statistics on top."""
+#: GX result entries that list values or rows (the failing rows are reported once, by CSV row).
+_RESULT_LISTS = ("partial_unexpected_list", "partial_unexpected_counts", "partial_unexpected_index_list",
+                 "unexpected_list", "unexpected_index_list", "unexpected_index_query")
+
+
+def _write_results(path: Path, report: ValidationReport, batches: list[_Batch], results: list) -> None:
+    """The outcome, statistics, each expectation's result and the failing rows, as stable JSON.
+
+    Only what the inputs determine: no run ids, UUIDs, timestamps or cache counters, and keys
+    sorted, so an unchanged workspace rewrites identical bytes.
+    """
+    failures = [{k: (None if pd.isna(v) else int(v)) if k == "row" else v for k, v in record.items()}
+                for record in report.failures.astype(object).to_dict("records")]
     document = {
         "success": report.success,
         "statistics": report.statistics,
-        "results": [result.to_json_dict() for result in results],
+        "suites": [_suite_document(batch, result) for batch, result in zip(batches, results)],
+        "failures": failures,
     }
-    atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _suite_document(batch: _Batch, suite_result) -> dict[str, Any]:
+    return {"name": batch.name, "file": batch.file, "success": bool(suite_result.success),
+            "expectations": [_expectation_document(batch, result) for result in suite_result.results]}
+
+
+def _expectation_document(batch: _Batch, result) -> dict[str, Any]:
+    """One expectation: what it checks, its outcome, GX's counts, and its failing CSV rows."""
+    raw = result.to_json_dict()  # JSON-ready (numpy scalars converted)
+    config, details = raw["expectation_config"], raw.get("result") or {}
+    meta = config.get("meta") or {}
+    document = {
+        "expectation": config["type"],
+        "kwargs": {k: v for k, v in config["kwargs"].items() if k != "batch_id"},
+        "field": meta.get("field"),
+        "check": meta.get("check"),
+        "success": bool(raw["success"]),
+        "result": {k: v for k, v in details.items() if k not in _RESULT_LISTS},
+    }
+    if batch.csv_rows and "unexpected_index_list" in details:
+        document["failing_rows"] = [index + _FIRST_DATA_ROW for index in details["unexpected_index_list"]]
+    error = _exception_message(raw.get("exception_info"))
+    if error is not None:
+        document["error"] = error
+    return document
 
 
 def _check_replaceable(docs_dir: Path) -> None:

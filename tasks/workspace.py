@@ -6,8 +6,6 @@ this one description of the layout (see docs/architecture.md, "The production pi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,20 +21,24 @@ logger = logging.getLogger(__name__)
 
 PARAMS_FILE = "params.yaml"
 MANIFEST = "data/pool/manifest.csv"
+IMAGES_DIR = "data/pool/images"
+ROUND_FILE = "round.yaml"
 LABELS = "data/labels.csv"
 ORACLE_LABELS = "data/oracle/labels.csv"
 INBOX = "data/inbox"
 QUERIES = "data/queries"
 SCORES = "data/scores/pool_scores.npz"
+PROCESSED = "data/inbox/processed"
 MODEL = "models/model.pt"
 TRAIN_METRICS = "metrics/train.json"
 ROUNDS_METRICS = "metrics/rounds.csv"
+LEARNING_CURVE = "metrics/learning_curve.png"
 VALIDATION = "validation"
-
-# The params.yaml fields each step reads: its caches are keyed on these, not on the whole file.
-TRAIN_PARAMS = ("classes", "seed", "model", "training", "mc_iterations", "inference")
-SCORE_PARAMS = ("classes", "seed", "heuristic", "mc_iterations", "pool_subsample", "inference")
-QUERY_PARAMS = ("classes", "seed", "heuristic", "query_size")
+VALIDATION_RESULTS = "validation/results.json"
+DATA_DOCS = "validation/data_docs"
+#: Workspace-local caches (git-ignored): losing them costs time, never correctness.
+CACHE_DIR = ".al"
+IMAGE_CHECKS = ".al/image-checks.json"
 
 # Splits that are never queried: their labels (when known) measure the model instead.
 HELD_OUT_SPLITS = ("test", "val", "valid", "validation")
@@ -79,7 +81,7 @@ def _check(condition: bool, path: Path, name: str, message: str) -> None:
 
 def parse_params(raw: dict[str, Any], path: Path) -> Params:
     """Validate the mapping read from ``path`` and build :class:`Params`."""
-    from al_lib.acquisition import available_strategies
+    from al_lib.strategies import available_strategies
 
     _check(isinstance(raw, dict), path, "(top level)", "must be a mapping")
     raw = {k: v for k, v in raw.items() if k not in STAGE_SECTIONS}
@@ -119,18 +121,49 @@ class Workspace:
         return self.root / relative
 
     def params(self) -> Params:
+        """params.yaml, validated (parsed once per version of the file: steps share one reading)."""
         path = self.path(PARAMS_FILE)
         if not path.is_file():
             raise ParamsError(f"{path}: not found — is {self.root} a workspace? (create one with `al init`)")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ParamsError(f"{path}: not valid YAML: {err}") from err
-        return parse_params(raw, path)
+
+        def parse() -> Params:
+            try:
+                raw = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as err:
+                raise ParamsError(f"{path}: not valid YAML: {err}") from err
+            return parse_params(raw, path)
+
+        return _read_once(path, parse)
 
     def manifest(self) -> pd.DataFrame:
-        """The pool manifest ``id,path[,split]`` (strings)."""
-        return pd.read_csv(self.path(MANIFEST), dtype=str, keep_default_na=False)
+        """The pool manifest ``id,path[,split]`` (strings; read once per version of the file)."""
+        path = self.path(MANIFEST)
+        return _read_once(path, lambda: pd.read_csv(path, dtype=str, keep_default_na=False)).copy()
+
+    def held_out_ids(self) -> set[str]:
+        """Ids in a held-out split (test/val): never queried nor trained on; their labels measure the model."""
+        manifest = self.manifest()
+        if "split" not in manifest:
+            return set()
+        return set(manifest["id"][manifest["split"].str.lower().isin(HELD_OUT_SPLITS)])
+
+    def round(self) -> int:
+        """The round recorded in ``round.yaml``: the round in progress, or the last one (0 before any)."""
+        path = self.path(ROUND_FILE)
+        if not path.is_file():
+            return 0
+        value = (yaml.safe_load(path.read_text()) or {}).get("round", 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ParamsError(f"{path}: field 'round' must be an integer >= 0, got {value!r}")
+        return value
+
+    def write_round(self, round: int) -> None:
+        """Record ``round`` in ``round.yaml`` (a DVC param of every step that seeds by round)."""
+        text = ("# The active-learning round in progress (or last finished): written by `al round`,\n"
+                "# read by the pipeline steps (dvc.yaml params) to seed their draws.\n"
+                f"round: {int(round)}\n")
+        if not self.path(ROUND_FILE).is_file() or self.path(ROUND_FILE).read_text() != text:
+            write_file(self.path(ROUND_FILE), text)
 
     def labels(self) -> pd.DataFrame:
         from al_lib.annotations import read_labels
@@ -163,22 +196,19 @@ class Workspace:
     def processed_dir(self, round: int) -> Path:
         return self.path(INBOX) / "processed" / f"round-{round}"
 
-    def params_digest(self, *fields: str) -> str:
-        """sha256 of the named params.yaml fields, so a step reruns only when what it reads changed."""
-        values = self.params().as_dict()
-        text = json.dumps({f: values[f] for f in fields}, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()
 
-    def file_digest(self, *relatives: str) -> str:
-        """sha256 over the named files' contents (a missing file counts as empty)."""
-        digest = hashlib.sha256()
-        for rel in relatives:
-            path = self.path(rel)
-            digest.update(rel.encode() + b"\0")
-            if path.is_file():
-                digest.update(path.read_bytes())
-            digest.update(b"\0")
-        return digest.hexdigest()
+_READ_CACHE: dict[Path, tuple[tuple[int, int, int], object]] = {}
+
+
+def _read_once(path: Path, parse):
+    """``parse()``, remembered while ``path`` keeps its size, mtime and inode (one parse per version)."""
+    stat = path.stat()
+    key = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    cached = _READ_CACHE.get(path)
+    if cached is None or cached[0] != key:
+        cached = (key, parse())
+        _READ_CACHE[path] = cached
+    return cached[1]
 
 
 def write_file(path: Path, data: str | bytes) -> None:

@@ -10,3 +10,24 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # Results and caches would otherwise leak between test sessions through ~/.prefect.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="al-tests-prefect-")
+
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def dvc_status():
+    """``dvc_status(repo)``: parsed ``dvc status --json`` of a workspace (``{}``: all up to date)."""
+    dvc = Path(sys.executable).with_name("dvc")
+
+    def status(repo) -> dict:
+        out = subprocess.run([str(dvc), "status", "--json"], cwd=repo, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        return json.loads(out) if out else {}
+
+    return status

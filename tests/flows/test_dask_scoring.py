@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from flows.round import al_round
-from tasks.score import load_scores
+from tasks.scores_file import load_scores
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -19,7 +19,7 @@ def dask_cluster():
         yield cluster
 
 
-def test_sharded_scores_and_queries_equal_single_process(make_workspace, dask_cluster):
+def test_sharded_scores_and_queries_equal_single_process(make_workspace, dask_cluster, dvc_status):
     single = make_workspace("single")
     sharded = make_workspace("sharded")
     al_round(str(single.root), simulate=True)
@@ -32,3 +32,4 @@ def test_sharded_scores_and_queries_equal_single_process(make_workspace, dask_cl
     qa = pd.read_csv(single.query_paths(0)[0], dtype=str)
     qb = pd.read_csv(sharded.query_paths(0)[0], dtype=str)
     assert qa["id"].tolist() == qb["id"].tolist()
+    assert dvc_status(sharded.root) == {}  # the sharded score step is recorded too

@@ -1,11 +1,10 @@
-"""`dvc repro` on real workspaces: real DVC, real git, the same step code as the Prefect flow.
+"""`dvc repro` and the Prefect flow are one pipeline: real DVC, real git, the same step code.
 
-What "the same round" means: the flow's round N is ingest -> snapshot (git tag ``round-N``) ->
-train -> score -> query. A ``dvc repro`` stage works on the round of the latest labelled
-snapshot (``tasks.stages.stage_round``: the latest tag, 0 before the first). So on a copy of a
-workspace whose round N the flow ran (same images, params, seed and the labels tagged
-``round-N``), ``dvc repro`` recomputes round N from scratch and must export exactly the
-queries the flow exported: every random draw is seeded by (seed, round, step).
+The flow's round N runs the steps of tasks/pipeline.py and records each in ``dvc.lock``; ``dvc
+repro`` runs the same steps (``al stage NAME``) for the round named in ``round.yaml``. So after
+flow rounds DVC finds nothing to do, a changed param re-runs exactly the steps that read it in
+either entry point, and recomputing a round from scratch exports exactly the flow's queries:
+every random draw is seeded by (seed, round, step).
 
 DVC commands in one repository must not overlap: every call here is sequential.
 """
@@ -25,9 +24,10 @@ import pytest
 import yaml
 
 from flows.round import al_round
-from tasks import versioning
-from tasks.create import create_workspace, dvc_stages
-from tasks.demo import PREPARE_STAGE, prepare_demo_workspace
+from tasks import dvc_repo, git_repo, pipeline
+from tasks.create import create_workspace
+from tasks.demo import prepare_demo_workspace
+from tasks.pipeline import dvc_yaml, render_dvc_yaml, write_dvc_yaml
 from tasks.workspace import LABELS, MANIFEST, ORACLE_LABELS, ParamsError, Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +58,11 @@ def copy_workspace(src: Path, dst: Path) -> Workspace:
     return Workspace(dst)
 
 
+def set_param(ws: Workspace, **values) -> None:
+    params = yaml.safe_load(ws.path("params.yaml").read_text())
+    ws.path("params.yaml").write_text(yaml.safe_dump({**params, **values}, sort_keys=False))
+
+
 @pytest.fixture(scope="module")
 def flow_ws(tmp_path_factory, mnist_pngs, prefect_api):
     """Workspace A: two simulated rounds through the Prefect flow; the labels text after each round."""
@@ -70,21 +75,22 @@ def flow_ws(tmp_path_factory, mnist_pngs, prefect_api):
     return ws, labels_at
 
 
+def test_after_flow_rounds_dvc_is_up_to_date_and_repro_does_nothing(flow_ws, tmp_path, dvc_status):
+    ws = copy_workspace(flow_ws[0].root, tmp_path / "ws")
+    assert dvc_status(ws.root) == {}
+    output = run_dvc(ws.root, "repro")
+    assert stages_run(output) == [] and "Data and pipelines are up to date" in output
+    assert git_repo.is_clean(ws.root)
+
+
 @pytest.fixture(scope="module")
 def repro_ws(flow_ws, tmp_path_factory):
-    """Workspace B: a copy of A at round 1 without the flow's model, scores, metrics and round-1
-    queries, recomputed by ``dvc repro``; returns (B, dvc's output)."""
+    """Workspace B: a copy of A whose round 1 ``dvc repro --force`` recomputed; returns (B, dvc's output)."""
     ws = copy_workspace(flow_ws[0].root, tmp_path_factory.mktemp("repro") / "ws")
-    for rel in ("models", "data/scores", "metrics/train.json", *ws.query_paths(1)):
-        path = ws.path(str(rel))
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    return ws, run_dvc(ws.root, "repro")
+    return ws, run_dvc(ws.root, "repro", "--force")
 
 
-def test_dvc_repro_recomputes_the_flows_round_exactly(flow_ws, repro_ws):
+def test_dvc_repro_recomputes_the_flows_round_exactly(flow_ws, repro_ws, dvc_status):
     (flow, _), (ws, output) = flow_ws, repro_ws
     assert stages_run(output) == list(STAGES)
     assert not re.search(r"\b(WARNING|ERROR)\b", output), output
@@ -94,9 +100,9 @@ def test_dvc_repro_recomputes_the_flows_round_exactly(flow_ws, repro_ws):
     assert ours[["id", "rank", "predicted_label"]].equals(theirs[["id", "rank", "predicted_label"]])
     np.testing.assert_allclose(ours[["score", "predicted_prob"]], theirs[["score", "predicted_prob"]], rtol=1e-3)
     # metrics/rounds.csv persists: the learning curve keeps round 0, round 1 is recomputed.
-    rounds = pd.read_csv(ws.path("metrics/rounds.csv")).drop(columns="train_seconds")
-    pd.testing.assert_frame_equal(rounds, pd.read_csv(flow.path("metrics/rounds.csv")).drop(columns="train_seconds"))
-    assert versioning.dvc_status(ws.root) == {}
+    rounds = pd.read_csv(ws.path("metrics/rounds.csv"))
+    pd.testing.assert_frame_equal(rounds, pd.read_csv(flow.path("metrics/rounds.csv")), rtol=1e-3)
+    assert dvc_status(ws.root) == {}
 
 
 def test_second_repro_with_nothing_changed_does_nothing(repro_ws):
@@ -104,19 +110,59 @@ def test_second_repro_with_nothing_changed_does_nothing(repro_ws):
     output = run_dvc(ws.root, "repro")
     assert stages_run(output) == []
     assert "Data and pipelines are up to date" in output
-    assert versioning.dvc_status(ws.root) == {}
 
 
-def test_changing_query_size_reruns_only_the_query_stage(repro_ws, tmp_path):
-    ws = copy_workspace(repro_ws[0].root, tmp_path / "ws")
+def test_changing_query_size_reruns_only_the_query_step_through_dvc_repro(flow_ws, tmp_path):
+    ws = copy_workspace(flow_ws[0].root, tmp_path / "ws")
     before = pd.read_csv(ws.query_paths(1)[0], dtype=str)
-    params = yaml.safe_load(ws.path("params.yaml").read_text())
-    ws.path("params.yaml").write_text(yaml.safe_dump({**params, "query_size": 9}, sort_keys=False))
-
+    set_param(ws, query_size=9)
     assert stages_run(run_dvc(ws.root, "repro")) == ["query"]
     after = pd.read_csv(ws.query_paths(1)[0], dtype=str)
     assert len(after) == 9
     assert after["id"].head(5).tolist() == before["id"].tolist()  # same scores: the top 5 stay on top
+
+
+def test_changing_query_size_reruns_only_the_query_step_through_the_flow(flow_ws, tmp_path, dvc_status):
+    ws = copy_workspace(flow_ws[0].root, tmp_path / "ws")
+    tagged = git_repo.tag_commit(ws.root, "round-1")
+    set_param(ws, query_size=9)
+    # A finished round is not changed behind the annotators' back: it takes --rerun.
+    skipped = al_round(str(ws.root))
+    assert skipped["skipped"] and "query" in skipped["reason"] and "--rerun" in skipped["reason"]
+    result = al_round(str(ws.root), rerun=True)
+    assert result["round"] == 1 and result["steps_run"] == ["query"]
+    assert len(pd.read_csv(ws.query_paths(1)[0])) == 9
+    # The tag moved to the round's new state; the old one stays in history.
+    assert git_repo.tag_commit(ws.root, "round-1") not in (None, tagged)
+    assert tagged in git_repo.git(ws.root, "log", "--format=%H")
+    assert dvc_status(ws.root) == {} and git_repo.is_clean(ws.root)
+    # The other entry point agrees: nothing left for dvc repro.
+    assert stages_run(run_dvc(ws.root, "repro")) == []
+
+
+def test_editing_the_code_a_step_runs_invalidates_that_step_only(flow_ws, tmp_path, monkeypatch):
+    """A copy of the project's code stands in for an edit, so the real checkout is never touched."""
+    ws = copy_workspace(flow_ws[0].root, tmp_path / "ws")
+    code = tmp_path / "code"
+    for package in pipeline.PROJECT_PACKAGES:
+        shutil.copytree(REPO_ROOT / package, code / package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(pipeline, "CODE_ROOT", code)
+    assert write_dvc_yaml(ws.root)  # the code deps now point at the copy
+    assert str(code / "al_lib" / "training.py") in ws.path("dvc.yaml").read_text()
+    for step in STAGES:
+        dvc_repo.commit_stage(ws.root, step)
+    assert all(dvc_repo.stage_changes(ws.root, step) == [] for step in STAGES)
+
+    with open(code / "al_lib" / "export.py", "a") as source:
+        source.write("\n# an edit of the query export\n")
+    changed = {step: dvc_repo.stage_changes(ws.root, step) for step in STAGES}
+    assert {step for step, reasons in changed.items() if reasons} == {"query"}
+    assert "al_lib/export.py" in changed["query"][0]
+
+    with open(code / "al_lib" / "training.py", "a") as source:
+        source.write("\n# an edit of training\n")
+    changed = {step for step in STAGES if dvc_repo.stage_changes(ws.root, step)}
+    assert changed >= {"train", "query"} and "validate" not in changed
 
 
 def test_dvc_exp_run_sets_a_parameter(repro_ws, tmp_path):
@@ -153,9 +199,10 @@ def test_dvc_api_reads_each_rounds_labels(flow_ws):
 # --------------------------------------------------------------------------- the repo-root demo
 
 
-def test_repo_root_dvc_yaml_is_the_workspace_pipeline_with_prepare():
-    on_disk = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
-    assert on_disk == dvc_stages(prepare=PREPARE_STAGE)
+def test_repo_root_dvc_yaml_is_generated_from_the_step_declarations():
+    on_disk = (REPO_ROOT / "dvc.yaml").read_text()
+    assert on_disk == render_dvc_yaml(dvc_yaml(REPO_ROOT, prepare=True))
+    assert "al_lib/training.py" in yaml.safe_load(on_disk)["stages"]["train"]["deps"]
     assert Workspace(REPO_ROOT).params().classes == [str(d) for d in range(10)]
 
 
@@ -209,9 +256,10 @@ def _demo_clone(path: Path, *, git: bool = True) -> Path:
     path.mkdir()
     if git:
         subprocess.run(["git", "init", "-q"], cwd=path, check=True)
-    for rel in ("params.yaml", "dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
+    for rel in ("params.yaml", "round.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
         (path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO_ROOT / rel, path / rel)
+    write_dvc_yaml(path, prepare=True)  # its code deps: this checkout's files, by absolute path
     params = yaml.safe_load((path / "params.yaml").read_text())
     params.update(classes=["0", "1", "2"], initial_labels=6, prepare={"n_pool": 40, "n_test": 15})
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -6,14 +6,24 @@ import subprocess
 import sys
 import time
 
+import json
+from pathlib import Path
+
+import dvc.api
 import pandas as pd
 import pytest
 
 from flows.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_VALIDATION, main
 from flows.round import al_round, al_simulate
-from tasks import versioning
+from tasks import dvc_repo, git_repo
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def _show(repo, rev, relpath):
+    """A git-tracked file's text at ``rev``, or None when it is not there."""
+    proc = subprocess.run(["git", "show", f"{rev}:{relpath}"], cwd=repo, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
 
 
 def labels_of(ws):
@@ -31,11 +41,14 @@ def answer(ws, round, path, *, wrong=None):
     return path
 
 
-def test_simulated_rounds_are_validated_versioned_and_exported(make_workspace):
+def test_simulated_rounds_are_validated_versioned_and_exported(make_workspace, dvc_status):
     ws = make_workspace()
     results = al_simulate(str(ws.root), rounds=2)
     assert [r["round"] for r in results] == [0, 1]
-    assert versioning.list_round_tags(ws.root) == [0, 1]
+    assert git_repo.list_round_tags(ws.root) == [0, 1]
+    # DVC recorded both flow rounds: nothing is out of date, nothing uncommitted.
+    assert dvc_status(ws.root) == {}
+    assert git_repo.is_clean(ws.root)
 
     labels = labels_of(ws)
     assert labels["id"].is_unique
@@ -43,7 +56,8 @@ def test_simulated_rounds_are_validated_versioned_and_exported(make_workspace):
     assert set(labels[labels["round"] == "1"]["id"]) == set(pd.read_csv(ws.query_paths(0)[0], dtype=str)["id"])
 
     # Exactly what each round trained on, from git + DVC.
-    at_round0 = pd.read_csv(pd.io.common.StringIO(versioning.read_at(ws.root, "data/labels.csv", "round-0")),
+    at_round0 = pd.read_csv(pd.io.common.StringIO(dvc.api.read("data/labels.csv", repo=str(ws.root),
+                                                                rev="round-0")),
                             dtype=str, keep_default_na=False)
     assert len(at_round0) == 30 and set(at_round0["id"]) < set(labels["id"])
 
@@ -57,7 +71,14 @@ def test_simulated_rounds_are_validated_versioned_and_exported(make_workspace):
     assert (ws.path("data/inbox/processed/round-1") / "oracle-round-0.csv").is_file()
     rounds = pd.read_csv(ws.path("metrics/rounds.csv"))
     assert rounds["round"].tolist() == [0, 1] and rounds["test_accuracy"].between(0, 1).all()
-    assert versioning.is_clean(ws.root, ["data/queries", "metrics"])
+
+    # Each tag holds its whole round: the queries it exported and the metrics of its model.
+    assert _show(ws.root, "round-0", "data/queries/round-0.csv") == ws.query_paths(0)[0].read_text()
+    assert _show(ws.root, "round-0", "data/queries/round-1.csv") is None
+    diff = subprocess.run([str(Path(sys.executable).parent / "dvc"), "metrics", "diff", "round-0", "round-1",
+                           "--json"], cwd=ws.root, capture_output=True, text=True, check=True).stdout
+    changes = json.loads(diff)["metrics/train.json"]
+    assert changes["n_labelled"] == {"old": 10, "new": 15, "diff": 5}
 
 
 def test_human_round_trip_with_annotation_files(make_workspace, tmp_path, capsys):
@@ -75,11 +96,12 @@ def test_human_round_trip_with_annotation_files(make_workspace, tmp_path, capsys
     labels = labels_of(ws)
     new = labels[labels["round"] == "1"]
     assert len(new) == 5 and set(new["source"]) == {"human"} and set(new["annotator"]) == {"ann"}
-    assert versioning.list_round_tags(ws.root) == [0, 1]
+    assert git_repo.list_round_tags(ws.root) == [0, 1]
 
     # Nothing new in the inbox: a scheduled run has nothing to do, and says so.
     assert main(["round", str(ws.root)]) == EXIT_OK
     assert "skipped (no new annotations)" in capsys.readouterr().out
+    assert ws.round() == 1
     assert main(["status", str(ws.root)]) == EXIT_OK
     assert "round-0, round-1" in capsys.readouterr().out
 
@@ -112,7 +134,8 @@ def test_bad_annotation_file_is_refused_and_changes_nothing(make_workspace, name
     assert name in err and needle in err
     assert ws.path("data/labels.csv").read_bytes() == before
     assert (inbox / name).is_file()
-    assert versioning.list_round_tags(ws.root) == [0]
+    assert ws.round() == 0 and git_repo.is_clean(ws.root, ["round.yaml", "data/labels.csv.dvc"])
+    assert git_repo.list_round_tags(ws.root) == [0]
 
 
 def test_validation_failure_stops_the_round_before_training(make_workspace, capsys):
@@ -123,7 +146,7 @@ def test_validation_failure_stops_the_round_before_training(make_workspace, caps
     err = capsys.readouterr().err
     assert "validation failed" in err and "data/pool/manifest.csv" in err
     assert not ws.path("models/model.pt").exists()
-    assert versioning.list_round_tags(ws.root) == []
+    assert git_repo.list_round_tags(ws.root) == []
     assert ws.path("validation/data_docs/index.html").is_file()
     # The failing rows are in a Prefect artifact, for the UI.
     from prefect.artifacts import Artifact
@@ -132,7 +155,7 @@ def test_validation_failure_stops_the_round_before_training(make_workspace, caps
     assert artifact is not None and ws.manifest()["path"].iloc[3] in artifact.data
 
 
-def test_killed_round_resumes_without_redoing_or_losing_anything(make_workspace):
+def test_killed_round_resumes_without_redoing_or_losing_anything(make_workspace, dvc_status):
     """Kill the process during training; the rerun skips finished steps and keeps every label once."""
     # Training that would run for hours: the kill is sure to land in it.
     ws = make_workspace(training={"max_epochs": 100000, "patience": None, "val_fraction": 0.2, "batch_size": 4})
@@ -141,7 +164,7 @@ def test_killed_round_resumes_without_redoing_or_losing_anything(make_workspace)
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while versioning.latest_round(ws.root) is None:  # the snapshot is taken just before training
+        while "validate" not in _recorded_steps(ws):  # recorded in dvc.lock just before training starts
             assert proc.poll() is None, "the round ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.5)
@@ -151,35 +174,49 @@ def test_killed_round_resumes_without_redoing_or_losing_anything(make_workspace)
         proc.wait()
     assert not ws.query_paths(0)[0].exists()
     labels_before = ws.path("data/labels.csv").read_bytes()
-    tag_commit = versioning.head_commit(ws.root)
+    assert git_repo.list_round_tags(ws.root) == []
 
     # Shorter training for the rerun: the params train reads change, validation's do not.
     text = ws.path("params.yaml").read_text().replace("max_epochs: 100000", "max_epochs: 3")
     ws.path("params.yaml").write_text(text)
-    state = al_round(str(ws.root), simulate=True, return_state=True)
-    result = state.result()
-    assert task_states(state) == {"validate": "Cached", "snapshot": "Completed", "train": "Completed",
-                                  "score-pool": "Completed", "export-queries": "Completed",
-                                  "publish-artifacts": "Completed"}
+    result = al_round(str(ws.root), simulate=True)
     assert result["resumed"] and result["round"] == 0
-    assert result["snapshot"]["created"] is False
+    assert result["steps_run"] == ["train", "score", "query"]
     assert ws.path("data/labels.csv").read_bytes() == labels_before
     assert labels_of(ws)["id"].is_unique
-    assert versioning.list_round_tags(ws.root) == [0]
+    assert git_repo.list_round_tags(ws.root) == [0]
     assert ws.query_paths(0)[0].is_file()
-    assert tag_commit in subprocess.run(["git", "-C", str(ws.root), "log", "--format=%H"],
-                                        capture_output=True, text=True).stdout
+    assert dvc_status(ws.root) == {}
 
 
-def task_states(flow_state) -> dict:
-    """Task name → final state name of a flow run, read back through the Prefect API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+def _recorded_steps(ws) -> set:
+    import yaml
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
-    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+    lock = ws.path("dvc.lock")
+    return set((yaml.safe_load(lock.read_text()) or {}).get("stages", {})) if lock.is_file() else set()
+
+
+def test_a_round_that_failed_after_ingest_is_resumed_never_skipped(make_workspace):
+    """Round 1's annotations are ingested, then validation fails: the next run finishes round 1."""
+    ws = make_workspace()
+    al_simulate(str(ws.root), rounds=1)
+    image = ws.path(ws.manifest()["path"].iloc[5])
+    good = image.read_bytes()
+    image.write_bytes(b"not a png")
+    assert main(["simulate", str(ws.root), "--rounds", "1"]) == EXIT_VALIDATION
+    assert ws.round() == 1 and git_repo.list_round_tags(ws.root) == [0]
+    assert not list(ws.path("data/inbox").glob("*.csv"))  # ingested: the inbox is empty
+    ingested = set(labels_of(ws).query("round == '1'")["id"])
+    assert len(ingested) == 5
+
+    image.write_bytes(good)
+    result = al_round(str(ws.root))  # no simulation, nothing in the inbox: still resumes round 1
+    assert result["round"] == 1 and result["resumed"] and not result["skipped"]
+    assert result["metrics"]["n_labelled"] == 15
+    assert git_repo.list_round_tags(ws.root) == [0, 1]
+    trained = pd.read_csv(pd.io.common.StringIO(dvc.api.read("data/labels.csv", repo=str(ws.root), rev="round-1")),
+                          dtype=str)
+    assert ingested <= set(trained["id"])
 
 
 def test_every_command_has_help(capsys):
