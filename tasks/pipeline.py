@@ -31,7 +31,7 @@ import yaml
 
 from tasks.workspace import (
     IMAGES_DIR, LABELS, LEARNING_CURVE, MANIFEST, MODEL, ORACLE_LABELS, QUERIES, ROUND_FILE,
-    ROUNDS_METRICS, SCORES, TRAIN_METRICS, VALIDATION_RESULTS,
+    ROUNDS_METRICS, SCORES, TRAIN_METRICS, VALIDATION_RESULTS, write_file,
 )
 
 #: The folder holding the project's packages (al_lib/, tasks/, flows/).
@@ -140,24 +140,33 @@ def dvc_yaml(workspace: str | os.PathLike, *, prepare: bool = False, held_out: b
     return {"stages": {step.name: _stage(step, root, held_out) for step in steps}}
 
 
-def write_dvc_yaml(workspace: str | os.PathLike, **kwargs) -> bool:
+def write_dvc_yaml(workspace: str | os.PathLike, *, prepare: bool | None = None,
+                   held_out: bool | None = None) -> bool:
     """(Re)write ``dvc.yaml`` when it differs from :func:`dvc_yaml`; True when it changed.
 
-    A demo workspace (one with a ``prepare`` stage) keeps it.
+    ``prepare`` defaults to whether the current ``dvc.yaml`` has the demo's stage; ``held_out``
+    to whether the workspace has labels of held-out images (true before any labels exist).
     """
     path = Path(workspace) / "dvc.yaml"
     current = path.read_text() if path.is_file() else None
-    if current is not None and "prepare" not in kwargs:
-        kwargs["prepare"] = "prepare" in (yaml.safe_load(current) or {}).get("stages", {})
-    if current is not None and "held_out" not in kwargs:
-        kwargs["held_out"] = "test_accuracy" in current or "val_accuracy" not in current
-    text = render_dvc_yaml(dvc_yaml(workspace, **kwargs))
+    if prepare is None:
+        prepare = current is not None and "prepare" in ((yaml.safe_load(current) or {}).get("stages") or {})
+    if held_out is None:
+        held_out = _has_held_out_labels(Path(workspace))
+    text = render_dvc_yaml(dvc_yaml(workspace, prepare=prepare, held_out=held_out))
     if text == current:
         return False
-    from tasks.workspace import write_file
-
     write_file(path, text)
     return True
+
+
+def _has_held_out_labels(root: Path) -> bool:
+    from tasks.workspace import Workspace
+
+    ws = Workspace(root)
+    if not (ws.path(LABELS).is_file() and ws.path(MANIFEST).is_file()):
+        return True
+    return bool(set(ws.labels()["id"]) & ws.held_out_ids())
 
 
 def render_dvc_yaml(document: dict) -> str:
