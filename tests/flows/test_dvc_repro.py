@@ -201,7 +201,9 @@ def test_dvc_api_reads_each_rounds_labels(flow_ws):
 
 def test_repo_root_dvc_yaml_is_generated_from_the_step_declarations():
     on_disk = (REPO_ROOT / "dvc.yaml").read_text()
-    assert on_disk == render_dvc_yaml(dvc_yaml(REPO_ROOT, prepare=True))
+    assert on_disk == render_dvc_yaml(dvc_yaml(REPO_ROOT, prepare=True)), (
+        "dvc.yaml is stale: regenerate it with "
+        "`.venv/bin/python -c 'from tasks.pipeline import write_dvc_yaml; write_dvc_yaml(\".\")'`")
     assert "al_lib/training.py" in yaml.safe_load(on_disk)["stages"]["train"]["deps"]
     assert Workspace(REPO_ROOT).params().classes == [str(d) for d in range(10)]
 
