@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from tasks import dvc_repo, oracle, pipeline
 from tasks.ingest import check_inbox
 from tasks.lock import workspace_lock
-from tasks.prefect_tasks import artifacts_task, ingest_task, record_step, step_task
+from tasks.prefect_tasks import artifacts_task, ingest_task, step_task
 from tasks.rounds import (
     labels_to_train_on, plan_round, record_round, round_state, round_tag, snapshot_labels, start_round,
 )
@@ -128,7 +128,7 @@ def score_pool_sharded(workspace: str, round: int, shards: int, device: str | No
     log.info("score: running (%s) — %d images in %d shards", "; ".join(reasons), len(plan.ids), len(pieces))
     futures = score_shard_task.map(workspace, round, pieces, unmapped(device))
     result = write_scores(ws, plan, ws.params(), merge_shards([f.result() for f in futures], ws.params()))
-    record_step(workspace, pipeline.SCORE.name)
+    dvc_repo.commit_stage(ws.root, pipeline.SCORE.name)
     return {"step": "score", "ran": True, "reasons": reasons, "result": result}
 
 

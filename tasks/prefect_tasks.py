@@ -45,11 +45,6 @@ def step_task(workspace: str, round: int, step: str, device: str | None = None) 
     return {"step": step, "ran": True, "reasons": reasons, "result": result}
 
 
-def record_step(workspace: str, step: str) -> None:
-    """Record in ``dvc.lock`` a step whose outputs were written outside :func:`step_task` (Dask shards)."""
-    dvc_repo.commit_stage(workspace, step)
-
-
 @task(name="ingest-annotations", cache_policy=NONE)
 def ingest_task(workspace: str, round: int, source: str = "human") -> dict:
     """Merge the inbox into data/labels.csv (idempotent: a rerun finds the labels already present)."""
