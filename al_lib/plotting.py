@@ -25,6 +25,7 @@ def plot_learning_curves(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
@@ -37,6 +38,11 @@ def plot_learning_curves(
                             stats["mean"] + stats["std"].fillna(0), alpha=0.2)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(y.replace("_", " "))
+    # Honest axes: rates (accuracy, F1) on their whole [0, 1] scale, never auto-zoomed onto a
+    # 0.02-wide band; label counts are whole numbers.
+    if _is_rate(y):
+        ax.set_ylim(0.0, 1.0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     if title:
@@ -46,6 +52,11 @@ def plot_learning_curves(
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
     return fig
+
+
+def _is_rate(metric: str) -> bool:
+    """Metrics that live in [0, 1] (accuracy, F1, precision, recall; not NLL or ECE's scale)."""
+    return any(word in metric for word in ("accuracy", "f1", "precision", "recall"))
 
 
 def learning_curve_table(curves: Mapping[str, pd.DataFrame], *, x: str = "n_labelled", y: str = "accuracy") -> str:
