@@ -14,7 +14,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 
-from tasks import dvc_repo, oracle, pipeline
+from tasks import oracle, pipeline
 from tasks.ingest import check_inbox
 from tasks.lock import workspace_lock
 from tasks.prefect_tasks import artifacts_task, ingest_task, step_task
@@ -113,23 +113,20 @@ def _score_on_dask(workspace: str, round: int, device: str | None, workers: int,
 @flow(name="al-score-sharded")
 def score_pool_sharded(workspace: str, round: int, shards: int, device: str | None = None) -> dict:
     """The score step, in ``shards`` pieces on the flow's task runner (run when DVC says it is out of date)."""
-    from tasks.prefect_tasks import score_shard_task
+    from tasks.prefect_tasks import run_recorded, score_shard_task
     from tasks.score import merge_shards, plan_scoring, shard_ids
     from tasks.scores_file import write_scores
 
-    log = get_run_logger()
     ws = Workspace(workspace)
-    reasons = dvc_repo.stage_changes(ws.root, pipeline.SCORE.name)
-    if not reasons:
-        log.info("score: up to date (recorded in dvc.lock), not rerun")
-        return {"step": "score", "ran": False, "reasons": [], "result": None}
-    plan = plan_scoring(ws, round)
-    pieces = shard_ids(plan.ids, shards)
-    log.info("score: running (%s) — %d images in %d shards", "; ".join(reasons), len(plan.ids), len(pieces))
-    futures = score_shard_task.map(workspace, round, pieces, unmapped(device))
-    result = write_scores(ws, plan, ws.params(), merge_shards([f.result() for f in futures], ws.params()))
-    dvc_repo.commit_stage(ws.root, pipeline.SCORE.name)
-    return {"step": "score", "ran": True, "reasons": reasons, "result": result}
+
+    def run() -> dict:
+        plan = plan_scoring(ws, round)
+        pieces = shard_ids(plan.ids, shards)
+        get_run_logger().info("score: %d images in %d shards", len(plan.ids), len(pieces))
+        futures = score_shard_task.map(workspace, round, pieces, unmapped(device))
+        return write_scores(ws, plan, ws.params(), merge_shards([f.result() for f in futures], ws.params()))
+
+    return run_recorded(workspace, round, pipeline.SCORE.name, run)
 
 
 def _oracle_fill_inbox(ws: Workspace, round: int) -> None:

@@ -21,28 +21,36 @@ from tasks.validate import ValidationFailed
 from tasks.workspace import LEARNING_CURVE, Workspace
 
 
-@task(name="step", cache_policy=NONE)
-def step_task(workspace: str, round: int, step: str, device: str | None = None) -> dict:
-    """Run ``step`` of ``round`` when DVC finds it out of date, then record it in ``dvc.lock``.
+def run_recorded(workspace: str, round: int, step: str, run) -> dict:
+    """Call ``run()`` when DVC finds ``step`` out of date, then record it in ``dvc.lock``.
 
-    Returns ``{"step", "ran", "reasons", "result"}`` (``result``: the step's summary when it ran).
+    The one place that decides whether a step reruns, whichever way it runs (in this process, or
+    sharded on Dask). Returns ``{"step", "ran", "reasons", "result"}`` (``result``: what ``run``
+    returned, when it ran).
     """
     log = get_run_logger()
-    ws = Workspace(workspace)
-    reasons = dvc_repo.stage_changes(ws.root, step)
+    reasons = dvc_repo.stage_changes(workspace, step)
     if not reasons:
         log.info("%s: up to date (recorded in dvc.lock), not rerun", step)
         return {"step": step, "ran": False, "reasons": [], "result": None}
     log.info("%s: running (%s)", step, "; ".join(reasons))
     try:
-        # Progress bars (training epochs, scoring batches) on a terminal; quiet in logs and CI.
-        result = STEPS[step].function()(ws, round, device=device, progress=sys.stderr.isatty())
+        result = run()
     except ValidationFailed as failure:
         create_markdown_artifact(failure.report.to_markdown(), key="validation-failures",
                                  description=f"round {round}: failing rows")
         raise
-    dvc_repo.commit_stage(ws.root, step)
+    dvc_repo.commit_stage(workspace, step)
     return {"step": step, "ran": True, "reasons": reasons, "result": result}
+
+
+@task(name="step", cache_policy=NONE)
+def step_task(workspace: str, round: int, step: str, device: str | None = None) -> dict:
+    """Run ``step`` of ``round`` in this process when DVC finds it out of date (:func:`run_recorded`)."""
+    ws = Workspace(workspace)
+    # Progress bars (training epochs, scoring batches) on a terminal; quiet in logs and CI.
+    return run_recorded(workspace, round, step,
+                        lambda: STEPS[step].function()(ws, round, device=device, progress=sys.stderr.isatty()))
 
 
 @task(name="ingest-annotations", cache_policy=NONE)

@@ -31,3 +31,13 @@ def dvc_status():
         return json.loads(out) if out else {}
 
     return status
+
+
+@pytest.fixture
+def git_show():
+    """``git_show(repo, rev, relpath)``: a git-tracked file's text at ``rev``, or None when absent."""
+    def show(repo, rev, relpath):
+        proc = subprocess.run(["git", "show", f"{rev}:{relpath}"], cwd=repo, capture_output=True, text=True)
+        return proc.stdout if proc.returncode == 0 else None
+
+    return show

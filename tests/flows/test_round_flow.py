@@ -20,12 +20,6 @@ from tasks import dvc_repo, git_repo
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-def _show(repo, rev, relpath):
-    """A git-tracked file's text at ``rev``, or None when it is not there."""
-    proc = subprocess.run(["git", "show", f"{rev}:{relpath}"], cwd=repo, capture_output=True, text=True)
-    return proc.stdout if proc.returncode == 0 else None
-
-
 def labels_of(ws):
     return pd.read_csv(ws.path("data/labels.csv"), dtype=str, keep_default_na=False)
 
@@ -41,7 +35,7 @@ def answer(ws, round, path, *, wrong=None):
     return path
 
 
-def test_simulated_rounds_are_validated_versioned_and_exported(make_workspace, dvc_status):
+def test_simulated_rounds_are_validated_versioned_and_exported(make_workspace, dvc_status, git_show):
     ws = make_workspace()
     results = al_simulate(str(ws.root), rounds=2)
     assert [r["round"] for r in results] == [0, 1]
@@ -73,8 +67,8 @@ def test_simulated_rounds_are_validated_versioned_and_exported(make_workspace, d
     assert rounds["round"].tolist() == [0, 1] and rounds["test_accuracy"].between(0, 1).all()
 
     # Each tag holds its whole round: the queries it exported and the metrics of its model.
-    assert _show(ws.root, "round-0", "data/queries/round-0.csv") == ws.query_paths(0)[0].read_text()
-    assert _show(ws.root, "round-0", "data/queries/round-1.csv") is None
+    assert git_show(ws.root, "round-0", "data/queries/round-0.csv") == ws.query_paths(0)[0].read_text()
+    assert git_show(ws.root, "round-0", "data/queries/round-1.csv") is None
     diff = subprocess.run([str(Path(sys.executable).parent / "dvc"), "metrics", "diff", "round-0", "round-1",
                            "--json"], cwd=ws.root, capture_output=True, text=True, check=True).stdout
     changes = json.loads(diff)["metrics/train.json"]

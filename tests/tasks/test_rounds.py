@@ -27,12 +27,6 @@ def _write(repo, rel, text):
     path.write_text(text)
 
 
-def _show(repo, rev, relpath):
-    """A git-tracked file's text at ``rev``, or None when it is not there."""
-    proc = subprocess.run(["git", "show", f"{rev}:{relpath}"], cwd=repo, capture_output=True, text=True)
-    return proc.stdout if proc.returncode == 0 else None
-
-
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
     """A workspace with rounds 0 and 1 recorded; returns its path."""
@@ -60,11 +54,11 @@ def workspace(history, tmp_path):
     return dst
 
 
-def test_each_round_tag_reads_back_exactly_its_labels(history):
+def test_each_round_tag_reads_back_exactly_its_labels(history, git_show):
     assert dvc.api.read("data/labels.csv", repo=str(history), rev="round-0") == LABELS_0
     assert dvc.api.read("data/labels.csv", repo=str(history), rev="round-1") == LABELS_1
     assert dvc.api.read("data/queries/round-0.csv", repo=str(history), rev="round-1").startswith("id,rank")
-    assert _show(history, "round-1", "round.yaml").endswith("round: 1\n")
+    assert git_show(history, "round-1", "round.yaml").endswith("round: 1\n")
     with pytest.raises(PathMissingError):
         dvc.api.read("data/queries/round-0.csv", repo=str(history), rev="round-0")
 
