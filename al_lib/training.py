@@ -271,6 +271,7 @@ def fit(
     num_workers: int = 0,
     progress: bool = True,
     callbacks: Sequence[Callback] | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` in place until validation loss stops improving; restore its best weights.
 
@@ -307,6 +308,10 @@ def fit(
     progress : bool, tqdm bar over epochs (train loss, val loss, val accuracy); False prints nothing.
     callbacks : sequence of callables ``callback(record, model) -> bool | None`` called after every
         epoch with its history record; returning True stops training.
+    augment : callable ``x [C, ...] -> x [C, ...]``, optional. Applied to the input of every
+        training item (not the validation split) each time it is loaded, e.g.
+        :meth:`al_lib.transforms.TransformPolicy.augmentation`. Random ops draw from torch's global
+        RNG inside the seeded fork (workers: seeded from ``seed``), so augmentation is reproducible.
 
     Returns
     -------
@@ -322,6 +327,8 @@ def fit(
     use_amp = device.type == "cuda" and amp is not False
     generator = torch_generator(seed)
     train, val, no_val_reason = _validation_plan(train_set, val_set, val_fraction, generator)
+    if augment is not None:
+        train = _Augmented(train, augment)
     if initial_state is not None:
         model.load_state_dict(initial_state)
     model.to(device)
@@ -365,6 +372,20 @@ def fit(
     return result
 
 
+class _Augmented(Dataset):
+    """Items ``(x, y, ...)`` of ``dataset`` with ``augment(x)`` in place of ``x``."""
+
+    def __init__(self, dataset: Dataset, augment: Callable[[torch.Tensor], torch.Tensor]):
+        self.dataset, self.augment = dataset, augment
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        x, *rest = self.dataset[index]
+        return (self.augment(x), *rest)
+
+
 def _run_epochs(stepper, train_loader, val_loader, max_epochs, stopper, progress, callbacks):
     """The epoch loop of :func:`fit`: returns ``(history, stopper, stop reason or "")``."""
     history, stop_reason = [], ""
@@ -382,7 +403,8 @@ def _run_epochs(stepper, train_loader, val_loader, max_epochs, stopper, progress
         }
         history.append(record)
         bar.set_postfix(_postfix(record))
-        logger.debug("epoch %d: %s", epoch, _postfix(record))
+        # Per-epoch loss at INFO: the run's log (Prefect UI, a terminal) shows training move.
+        logger.info("epoch %d/%d: %s", epoch, max_epochs, ", ".join(f"{k} {v}" for k, v in _postfix(record).items()))
         if val_loader is not None and stopper.update(epoch, val_loss, stepper.model):
             stop_reason = f"no improvement for {stopper.patience} epochs"
         # Every callback sees every epoch, even when an earlier one asks to stop.

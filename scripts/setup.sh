@@ -3,8 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-# The CPU build of torch keeps the install small; set TORCH_SPEC (e.g. "torch==2.14.1") for CUDA.
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+# torch 2.14.1 + torchvision 0.29.1 (the pair al_lib's torchvision models need; a CUDA build that
+# runs on the CPU when there is no GPU). The CPU-only torch 2.13.0 has no torchvision to match.
+TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if [ ! -x .venv/bin/python ]; then
@@ -12,9 +13,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 PIP=".venv/bin/python -m pip"
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   echo "setup: installing $TORCH_SPEC"
-  $PIP install -q "$TORCH_SPEC"
+  # shellcheck disable=SC2086  # TORCH_SPEC holds several requirement specifiers
+  $PIP install -q $TORCH_SPEC
 fi
 echo "setup: installing the project and its test dependencies"
 $PIP install -q -e ".[pipeline,test]"

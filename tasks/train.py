@@ -9,37 +9,38 @@ import logging
 import pandas as pd
 import torch
 
-from al_lib.bayesian import patch_module
+from al_lib.bayesian import Ensemble
 from al_lib.inference import predict_mc
 from al_lib.metrics import evaluate
-from al_lib.models import build_model
+from al_lib.models import load_weights
 from al_lib.plotting import plot_learning_curves
 from al_lib.training import fit
 from tasks.datasets import load_workspace_data
 from tasks.seeds import round_seed
 from tasks.workspace import (
-    LABELS, LEARNING_CURVE, MODEL, ROUNDS_METRICS, TRAIN_METRICS, Params, Workspace, write_file,
+    LABELS, LEARNING_CURVE, MODEL, ROUNDS_METRICS, TRAIN_METRICS, Params, Workspace, model_spec, write_file,
 )
 
 logger = logging.getLogger(__name__)
 
 
-def build_workspace_model(params: Params) -> torch.nn.Module:
-    """The configured architecture, seeded, made MC-stochastic with consistent dropout masks."""
-    kwargs = {k: v for k, v in params.model.items() if k not in ("name", "input_shape")}
-    model = build_model(params.model["name"], params.input_shape, len(params.classes), seed=params.seed, **kwargs)
-    # Consistent masks: a sample's MC scores must not depend on its batch or shard (and BatchBALD needs them).
-    return patch_module(model, consistent=True)
+def build_workspace_model(ws: Workspace, params: Params, *, load_weights: bool = True) -> torch.nn.Module:
+    """The configured model (``params.model``: see :class:`al_lib.models.ModelSpec`), seeded, made
+    MC-stochastic: consistent MC dropout (a sample's MC scores must not depend on its batch or
+    shard, and BatchBALD needs fixed masks) or MC DropConnect on the head."""
+    return model_spec(params, ws.root).build(len(params.classes), seed=params.seed, load_weights=load_weights)
 
 
 def load_workspace_model(ws: Workspace, params: Params) -> torch.nn.Module:
-    """The checkpoint of the last training step (weights only, never pickled code)."""
+    """The checkpoint of the last training step (weights only, never pickled code), in the
+    architecture of the same ``params.model`` (its weights file is not needed: the checkpoint
+    holds every weight)."""
     path = ws.path(MODEL)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained model yet — run the train step first")
-    model = build_workspace_model(params)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model
+    model = build_workspace_model(ws, params, load_weights=False)
+    # weights_only=True; a file that is no state dict of this architecture: ValueError naming it
+    return load_weights(model, path)
 
 
 def train_step(ws: Workspace, round: int, *, device=None, progress: bool = False) -> dict:
@@ -51,16 +52,20 @@ def train_step(ws: Workspace, round: int, *, device=None, progress: bool = False
 
     Returns the round's metrics (dict).
     """
-    params = ws.params()
-    data = load_workspace_data(ws, params)
+    inputs = ws.inputs()
+    params = inputs.params
+    data = load_workspace_data(ws, inputs)
     train_set = data.train_set()
     if len(train_set) == 0:
         raise ValueError(f"{ws.path(LABELS)}: no labelled training sample yet — import labels or run `al simulate`")
-    model = build_workspace_model(params)
-    result = fit(model, train_set, device=device, seed=round_seed(params.seed, round, "train"), progress=progress,
-                 **params.training)
-    metrics = {"round": round, "n_labelled": len(train_set),
-               **_fit_metrics(result)}
+    model = build_workspace_model(ws, params)
+    augment = model_spec(params, ws.root).transforms.augmentation()
+    # A deep ensemble trains each member on its own, from its own seed; any other model is one fit.
+    members = list(model.members) if isinstance(model, Ensemble) else [model]
+    results = [fit(member, train_set, device=device, progress=progress, augment=augment, **params.training,
+                   seed=round_seed(params.seed, round, "train" if len(members) == 1 else f"train-member-{m}"))
+               for m, member in enumerate(members)]
+    metrics = {"round": round, "n_labelled": len(train_set), **_fit_metrics(results)}
     eval_set = data.eval_set()
     if len(eval_set):
         probs = predict_mc(model, eval_set, iterations=params.mc_iterations, device=device,
@@ -69,19 +74,26 @@ def train_step(ws: Workspace, round: int, *, device=None, progress: bool = False
         scores = evaluate(probs, [label for _, label in (eval_set[i] for i in range(len(eval_set)))])
         metrics.update({f"test_{k}": scores[k] for k in ("accuracy", "nll", "ece", "macro_f1")}, n_test=len(eval_set))
     _save(ws, model, metrics)
-    logger.info("round %d: trained on %d labels in %d epochs, %.1f s (%s)", round, len(train_set),
-                result.epochs_run, result.seconds, result.message)
+    for m, result in enumerate(results):
+        member = f" (ensemble member {m + 1}/{len(results)})" if len(results) > 1 else ""
+        logger.info("round %d: trained on %d labels in %d epochs, %.1f s (%s)%s", round, len(train_set),
+                    result.epochs_run, result.seconds, result.message, member)
     return metrics
 
 
-def _fit_metrics(result) -> dict:
-    best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
-    # No timings: tracked metrics are a function of the inputs (same inputs, same file).
-    out = {"epochs": result.epochs_run, "best_epoch": result.best_epoch}
-    for key in ("train_loss", "val_loss", "val_accuracy"):
-        if best.get(key) is not None:
-            out[key] = float(best[key])
-    return out
+def _fit_metrics(results: list) -> dict:
+    """Epochs and the best epoch's losses of one fit; for an ensemble's fits, the mean over members."""
+    rows = []
+    for result in results:
+        best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
+        # No timings: tracked metrics are a function of the inputs (same inputs, same file).
+        row = {"epochs": result.epochs_run, "best_epoch": result.best_epoch}
+        row.update({key: float(best[key]) for key in ("train_loss", "val_loss", "val_accuracy")
+                    if best.get(key) is not None})
+        rows.append(row)
+    if len(rows) == 1:
+        return rows[0]
+    return {key: float(sum(row[key] for row in rows) / len(rows)) for key in rows[0]}
 
 
 def _save(ws: Workspace, model: torch.nn.Module, metrics: dict) -> None:

@@ -68,6 +68,10 @@ def test_early_stopping_restores_best_weights(digits, caplog):
     assert not model.training
     assert f"stopped early at epoch {result.epochs_run}" in caplog.text
     assert f"best epoch {result.best_epoch}" in result.message
+    # Per-epoch loss in the log (INFO): one line per epoch run, with the numbers of the history.
+    first = result.history[0]
+    assert f"epoch 1/60: train_loss {first['train_loss']:.4f}, val_loss {first['val_loss']:.4f}" in caplog.text
+    assert caplog.text.count("/60: train_loss") == result.epochs_run
 
 
 def test_same_seed_same_weights_and_global_rng_untouched(digits):
@@ -223,3 +227,27 @@ def test_predict_proba_inputs_only_and_mode_restored(digits):
 def test_to_dict_is_plain(digits):
     result = fit(_mlp(hidden=8), Subset(digits[0], range(30)), max_epochs=1, **FAST)
     assert result.to_dict()["epochs_run"] == 1
+
+
+def test_augment_applies_to_training_items_only_and_is_seeded(digits):
+    train, _ = digits
+    data = Subset(train, range(100))
+    seen = []
+
+    def augment(x):
+        seen.append(x.shape)
+        return x + 0.1 * torch.randn_like(x)  # global RNG: fit runs it in its seeded fork
+
+    runs = []
+    for _ in range(2):
+        seen.clear()
+        model = _cnn()
+        result = fit(model, data, max_epochs=2, patience=None, batch_size=32, val_fraction=0.2, seed=4,
+                     augment=augment, **FAST)
+        assert result.n_val == 20 and len(seen) == 2 * 80  # every training item, each epoch; never validation
+        runs.append(snapshot_state(model))
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key
+    plain = _cnn()
+    fit(plain, data, max_epochs=2, patience=None, batch_size=32, val_fraction=0.2, seed=4, **FAST)
+    assert not torch.equal(plain.state_dict()["classifier.1.weight"], runs[0]["classifier.1.weight"])
