@@ -18,6 +18,7 @@ _SUBMODULES = (
     "export",
     "heuristics",
     "inference",
+    "labels",
     "loop",
     "metrics",
     "models",

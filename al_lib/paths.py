@@ -8,7 +8,6 @@ tasks all check paths with :func:`relative_path_problem`.
 from __future__ import annotations
 
 import posixpath
-from pathlib import PurePosixPath, PureWindowsPath
 
 
 def relative_path_problem(value: str) -> str | None:
@@ -17,7 +16,8 @@ def relative_path_problem(value: str) -> str | None:
         return "empty path"
     if "\\" in value:
         return f"path {value!r} uses '\\'; write relative paths with '/'"
-    if PurePosixPath(value).is_absolute() or PureWindowsPath(value).drive:
+    # String tests, not PurePath objects: a manifest of 1M rows checks 1M paths.
+    if value.startswith("/") or (len(value) >= 2 and value[1] == ":" and value[0].isascii() and value[0].isalpha()):
         return f"path {value!r} is absolute; it must be relative to the root"
     normal = posixpath.normpath(value)
     if normal == ".." or normal.startswith("../"):

@@ -12,14 +12,15 @@ import pandas as pd
 from PIL import Image
 
 from al_lib.data import ImageFolderDataset, ManifestDataset
-from al_lib.data.active_dataset import HISTORY_COLUMNS, utc_now
+from al_lib.data.manifest import read_manifest
+from al_lib.labels import labels_frame, utc_iso, utc_now
 from tasks import dvc_repo, git_repo
 from tasks.lock import workspace_lock
 from tasks.pipeline import write_dvc_yaml
 from tasks.plots_template import install_plots_template
 from tasks.workspace import (
-    HELD_OUT_SPLITS, IMAGES_DIR, LABELS, MANIFEST, ORACLE_LABELS, PARAMS_FILE, ROUND_FILE, Params, Workspace,
-    write_file, write_params,
+    HELD_OUT_SPLITS, IMAGES_DIR, LABELS, MANIFEST, ORACLE_LABELS, PARAMS_FILE, ROUND_FILE, Params, ParamsError,
+    Workspace, parse_params, write_file, write_params,
 )
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,10 @@ def create_workspace(
     **params_overrides
         Fields of params.yaml (heuristic, query_size, ...).
 
-    Returns the :class:`Workspace`. Nothing is left behind if a check fails before copying.
+    Returns the :class:`Workspace`. Everything is checked before anything is made — the sources
+    (:func:`check_sources`: no symlinks, no colliding ids, every image decodes completely) and the
+    parameters (:func:`tasks.workspace.parse_params`; ``query_size`` within the queryable pool) —
+    and a failure after that removes what was made, so nothing half-built blocks a re-init.
     """
     if (images is None) == (manifest is None):
         raise ValueError("give exactly one of images=DIR or manifest=CSV")
@@ -64,8 +68,12 @@ def create_workspace(
     root = Path(path).resolve()
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not empty: choose a new folder for the workspace")
-    source = ImageFolderDataset(images) if images is not None else ManifestDataset(manifest)
-    table = _source_table(source)
+    if images is not None:
+        source, rows = ImageFolderDataset(images), None
+    else:
+        manifest_table = read_manifest(manifest)
+        source, rows = ManifestDataset(manifest, table=manifest_table), list(manifest_table.index)
+    table = _source_table(source, rows)
     classes = classes or source.classes
     if labels != "none" and table["label"].eq("").all():
         labels = "none"
@@ -75,24 +83,128 @@ def create_workspace(
     if unknown:
         raise ValueError(f"labels {unknown} are not among the classes {classes}")
     table = _assign_holdout(table, holdout, seed)
+    table["path"] = [pool_image_path(sid, src) for sid, src in zip(table["id"], table["src"])]
+    check_sources(table, Path(images if images is not None else Path(manifest).parent),
+                  what=str(manifest) if manifest is not None else None)
+    params = Params(classes=list(classes), seed=seed, model=_model_for(table), **params_overrides)
+    params = parse_params(params.as_dict(), root / PARAMS_FILE)
+    _check_query_size(params, table, labels)
 
+    existed = root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    ws = Workspace(root)
-    _copy_images(table, ws)
-    _write_tables(ws, table, labels)
-    params = Params(classes=list(classes), seed=seed, model=_model_for(table, ws), **params_overrides)
-    write_params(ws.path(PARAMS_FILE), params)
-    ws.write_round(0)
-    write_dvc_yaml(root, held_out=_has_test_labels(table, labels))
-    write_file(ws.path(".gitignore"), "\n".join(GITIGNORE) + "\n")
-    init_workspace_repo(root, initial_files=[PARAMS_FILE, ROUND_FILE, "dvc.yaml", ".gitignore", MANIFEST]
-                        + ([ORACLE_LABELS] if labels == "oracle" else []))
-    git_repo.commit_paths(root, install_plots_template(root), "workspace: offline page for dvc plots show")
-    dvc_repo.track(root, [IMAGES_DIR, LABELS])
-    git_repo.commit_paths(root, [IMAGES_DIR + ".dvc", LABELS + ".dvc", "data/pool/.gitignore", "data/.gitignore"],
-                          "workspace: pool images and initial labels")
+    try:
+        ws = Workspace(root)
+        copy_into_pool(table, ws)
+        _write_tables(ws, table, labels)
+        write_params(ws.path(PARAMS_FILE), params)
+        ws.write_round(0)
+        write_dvc_yaml(root, held_out=_has_test_labels(table, labels))
+        write_file(ws.path(".gitignore"), "\n".join(GITIGNORE) + "\n")
+        init_workspace_repo(root, initial_files=[PARAMS_FILE, ROUND_FILE, "dvc.yaml", ".gitignore", MANIFEST]
+                            + ([ORACLE_LABELS] if labels == "oracle" else []))
+        git_repo.commit_paths(root, install_plots_template(root), "workspace: offline page for dvc plots show")
+        dvc_repo.track(root, [IMAGES_DIR, LABELS])
+        git_repo.commit_paths(root, [IMAGES_DIR + ".dvc", LABELS + ".dvc", "data/pool/.gitignore",
+                                     "data/.gitignore"], "workspace: pool images and initial labels")
+    except BaseException:  # a half-built workspace would block a re-init: take it all away
+        logger.error("creating the workspace %s failed: removing what was made", root)
+        _remove_partial(root, keep_folder=existed)
+        raise
     logger.info("created workspace %s: %d images, %d classes, labels as %s", root, len(table), len(classes), labels)
     return ws
+
+
+def _remove_partial(root: Path, *, keep_folder: bool) -> None:
+    """Remove a workspace :func:`create_workspace` began in ``root`` (empty or absent before)."""
+    if not keep_folder:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for child in root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _where(src: str, sid: str, row, what: str | None) -> str:
+    """``<src>: id 'X'`` (an image folder) or ``<manifest>, row R, field 'path': <src>, id 'X'``."""
+    return f"{src}: id {sid!r}" if row is None else f"{what}, row {row}, field 'path': {src}, id {sid!r}"
+
+
+def check_sources(table: pd.DataFrame, folder: Path, *, what: str | None = None,
+                  image_cache: str | os.PathLike | None = None, error: type[ValueError] | None = None) -> None:
+    """Refuse source images a workspace must not take, before anything is copied.
+
+    ``table`` has columns ``id``, ``src`` (the source file), ``path`` (its pool path) and
+    optionally ``row`` (the manifest CSV line of each id). Refused, all problems named by file,
+    row and field: a symlink (a pool holds regular files only; a link could bring in any file of
+    the machine), ids whose pool paths collide (``x.png`` / ``./x.png`` / ``../x.png``), a file
+    that does not decode completely (:func:`tasks.validation.check_images`, decompression bombs
+    included). ``what`` names the manifest (its rows are then named), ``image_cache`` is
+    :func:`~tasks.validation.check_images`'s. Raises ``error`` (default :class:`SourceImageError`).
+    """
+    from tasks.validation import check_images
+
+    rows = table["row"].tolist() if "row" in table else [None] * len(table)
+    problems = []
+    linked_folders: dict[Path, Path | None] = {}
+    for sid, src, row in zip(table["id"], table["src"], rows):
+        link = Path(src) if Path(src).is_symlink() else _linked_folder(Path(src).parent, Path(folder), linked_folders)
+        if link is not None:
+            problems.append(f"{_where(src, sid, row, what)} is a symlink ({link} -> "
+                            f"{os.readlink(link)}): a pool takes regular files only")
+    first = {}
+    for sid, path, row in zip(table["id"], table["path"], rows):
+        if path in first:
+            problems.append(f"{what or folder}{'' if row is None else f', row {row}'}, field 'id': {sid!r} lands on "
+                            f"the same pool file {path} as id {first[path][0]!r}"
+                            + ("" if first[path][1] is None else f" (row {first[path][1]})"))
+        else:
+            first[path] = (sid, row)
+    _refuse_sources(problems, error or SourceImageError)
+    checks = check_images(table["src"].tolist(), cache=image_cache)
+    for sid, src, row, facts in zip(table["id"], table["src"], rows, checks.facts):
+        if facts is None or not facts.decodes:
+            problems.append(f"{_where(src, sid, row, what)} "
+                            + ("is no readable file" if facts is None else f"does not decode ({facts.error})"))
+    _refuse_sources(problems, error or SourceImageError)
+
+
+class SourceImageError(ValueError):
+    """Source images refused (symlink, colliding ids, undecodable); nothing was created or added."""
+
+
+_NAMED = 5  # problems a refusal names
+
+
+def _refuse_sources(problems: list[str], error: type[ValueError]) -> None:
+    if problems:
+        more = f"; and {len(problems) - _NAMED} more" if len(problems) > _NAMED else ""
+        raise error(f"{len(problems)} source image problem(s), nothing was changed: "
+                    + "; ".join(problems[:_NAMED]) + more)
+
+
+def _linked_folder(path: Path, top: Path, seen: dict[Path, Path | None]) -> Path | None:
+    """The first symlink among ``path`` and its parents strictly below ``top`` (``top`` itself may
+    be reached through a link), or None; ``seen`` remembers the answer per folder."""
+    if path in seen:
+        return seen[path]
+    if Path(os.path.abspath(path)) == Path(os.path.abspath(top)) or path == path.parent:
+        answer = None
+    else:
+        answer = path if path.is_symlink() else _linked_folder(path.parent, top, seen)
+    seen[path] = answer
+    return answer
+
+
+def _check_query_size(params: Params, table: pd.DataFrame, labels: str) -> None:
+    """A query size the pool can never fill is a mistake of the command line, not a late round."""
+    held_out = table["split"].str.lower().isin(HELD_OUT_SPLITS)
+    queryable = ~held_out & ((table["label"] == "") | (labels != "seed"))
+    n = int(queryable.sum())
+    if 0 < n < params.query_size:
+        raise ParamsError(f"{PARAMS_FILE}: field 'query_size' is {params.query_size}, more than the {n} pool images "
+                          "that can ever be queried: give a smaller --query-size")
 
 
 def init_workspace_repo(path: str | os.PathLike, *, initial_files=()) -> str:
@@ -117,11 +229,12 @@ def _has_test_labels(table: pd.DataFrame, labels: str) -> bool:
     return labels != "none" and bool(held_out.any())
 
 
-def _source_table(source) -> pd.DataFrame:
-    """id, source path, label name ('' when unknown) and split of every image."""
+def _source_table(source, rows: list[int] | None = None) -> pd.DataFrame:
+    """id, source path, label name ('' when unknown) and split of every image (and its manifest
+    ``row`` when ``rows`` are given)."""
     names = source.classes or []
     targets = source.targets if source.targets is not None else np.full(len(source.ids), -1)
-    return pd.DataFrame({
+    return pd.DataFrame({**({} if rows is None else {"row": rows}),
         "id": [str(i) for i in source.ids],
         "src": [str(p) for p in source.paths],
         "label": [names[t] if t >= 0 else "" for t in targets],
@@ -134,17 +247,12 @@ def _assign_holdout(table: pd.DataFrame, holdout: int, seed: int) -> pd.DataFram
         return table
     eligible = np.flatnonzero((table["label"] != "").to_numpy() & ~table["split"].str.lower().isin(HELD_OUT_SPLITS))
     if holdout >= len(eligible):
-        raise ValueError(f"cannot hold out {holdout} of {len(eligible)} labelled images")
+        raise ValueError(f"holdout {holdout}: cannot hold out {holdout} of {len(eligible)} labelled images "
+                         "(give a smaller --holdout)")
     chosen = np.random.default_rng(seed).choice(eligible, size=holdout, replace=False)
     table = table.copy()
     table.loc[chosen, "split"] = "test"
     return table
-
-
-def _copy_images(table: pd.DataFrame, ws: Workspace) -> None:
-    """Copy each image to data/pool/images/<id-derived path>; fill the ``path`` column."""
-    table["path"] = [pool_image_path(sid, src) for sid, src in zip(table["id"], table["src"])]
-    copy_into_pool(table, ws)
 
 
 def pool_image_path(sample_id: str, source: str | os.PathLike) -> str:
@@ -176,17 +284,17 @@ def _write_tables(ws: Workspace, table: pd.DataFrame, labels: str) -> None:
     held_out = known["split"].str.lower().isin(HELD_OUT_SPLITS)
     # Held-out labels always go to labels.csv: they measure the model and are never queried.
     seed_rows = known if labels == "seed" else known[held_out] if labels == "oracle" else known.iloc[0:0]
-    now = utc_now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    rows = pd.DataFrame({"id": seed_rows["id"], "label": seed_rows["label"], "round": 0, "source": "import",
-                         "annotator": "", "labelled_at": now})[list(HISTORY_COLUMNS)]
-    ws.write_labels(rows)
+    n = len(seed_rows)
+    ws.write_labels(labels_frame({"id": seed_rows["id"], "label": seed_rows["label"], "round": [0] * n,
+                                  "source": ["import"] * n, "annotator": [None] * n,
+                                  "labelled_at": [utc_iso(utc_now())] * n}))
     if labels == "oracle":
         write_file(ws.path(ORACLE_LABELS), known[["id", "label"]].to_csv(index=False))
 
 
-def _model_for(table: pd.DataFrame, ws: Workspace) -> dict:
-    """Input shape from the first image; the Gal CNN for small images, a VGG-style net otherwise."""
-    with Image.open(ws.path(table["path"].iloc[0])) as first:
+def _model_for(table: pd.DataFrame) -> dict:
+    """Input shape from the first (source) image; the Gal CNN for small images, a VGG-style net otherwise."""
+    with Image.open(table["src"].iloc[0]) as first:
         channels = 1 if first.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
         width, height = first.size
     name = "gal_cnn" if max(width, height) <= 64 else "vgg"

@@ -4,26 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Subset
 
 from al_lib.data import ActiveLearningDataset, ManifestDataset
-from al_lib.data.images import image_to_tensor
-from tasks.workspace import MANIFEST, Params, Workspace
-
-
-class ResizeToTensor:
-    """PIL image → float32 [C, H, W] in [0, 1], resized to the model's input size when needed."""
-
-    def __init__(self, height: int, width: int) -> None:
-        self.size = (int(width), int(height))
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        if image.size != self.size:
-            image = image.resize(self.size, Image.Resampling.BILINEAR)
-        return image_to_tensor(image)
+from tasks.workspace import MANIFEST, RoundInputs, Workspace, model_spec
 
 
 @dataclass
@@ -61,16 +46,22 @@ class WorkspaceData:
         return subset
 
 
-def load_workspace_data(ws: Workspace, params: Params) -> WorkspaceData:
-    """Build :class:`WorkspaceData`; decodes no image (that happens on access)."""
-    channels, height, width = params.input_shape
-    images = ManifestDataset(ws.path(MANIFEST), root=ws.root, mode="L" if channels == 1 else "RGB",
-                             transform=ResizeToTensor(height, width))
+def load_workspace_data(ws: Workspace, inputs: RoundInputs) -> WorkspaceData:
+    """Build :class:`WorkspaceData` from the round's inputs (``ws.inputs()``: manifest and labels
+    already read and validated, not read again); decodes no image (that happens on access).
+
+    Images are decoded to the channels of ``model.input_shape`` and go through the model's eval
+    transform (resize policy, grey → RGB where the network takes RGB, normalisation: see
+    :class:`al_lib.transforms.TransformPolicy`); training augmentation is applied by ``fit``.
+    """
+    params = inputs.params
+    policy = model_spec(params, ws.root).transforms
+    images = ManifestDataset(ws.path(MANIFEST), root=ws.root, mode="L" if policy.channels == 1 else "RGB",
+                             transform=policy.eval_transform(), table=inputs.manifest)
     state = ActiveLearningDataset(_InputsOnly(images), ids=images.ids, classes=params.classes)
-    labels = ws.labels()
-    if len(labels):
-        state.load_history(labels)
-    return WorkspaceData(state, frozenset(ws.held_out_ids()))
+    if len(inputs.labels):
+        state.load_history(inputs.labels)
+    return WorkspaceData(state, inputs.held_out)
 
 
 class _InputsOnly(torch.utils.data.Dataset):

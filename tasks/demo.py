@@ -15,9 +15,8 @@ import pandas as pd
 import yaml
 from PIL import Image
 
-from al_lib.annotations import merge_annotations
+from al_lib.labels import empty_labels, merge_annotations
 from al_lib.data import load_mnist
-from al_lib.data.active_dataset import HISTORY_COLUMNS
 from tasks.seeds import round_rng
 from tasks.workspace import IMAGES_DIR, MANIFEST, ORACLE_LABELS, PARAMS_FILE, ParamsError, Workspace, write_file
 
@@ -104,8 +103,7 @@ def prepare_demo_workspace(ws: Workspace) -> pd.DataFrame:
     pool = table.loc[table["split"] == "", "id"].to_numpy()
     initial = np.sort(round_rng(params.seed, 0, "initial").choice(
         pool, size=min(params.initial_labels, len(pool)), replace=False))
-    no_labels = pd.DataFrame(columns=list(HISTORY_COLUMNS))
-    labels = _add_labels(no_labels, truth, table.loc[table["split"] == "test", "id"], "import")
+    labels = _add_labels(empty_labels(), truth, table.loc[table["split"] == "test", "id"], "import")
     ws.write_labels(_add_labels(labels, truth, initial, "random"))
     logger.info("prepared the demo pool: %d pool and %d test images, %d initial labels",
                 sizes["n_pool"], sizes["n_test"], len(initial))

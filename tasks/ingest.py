@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from al_lib.annotations import merge_annotations, read_annotations
+from al_lib.annotations import read_annotations
+from al_lib.labels import AnnotationError, merge_annotations
 from tasks.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -41,14 +42,23 @@ def ingest_step(ws: Workspace, round: int, *, source: str = "human", files: list
 def check_inbox(ws: Workspace, files: list[Path] | None = None, *, round: int = 0, source: str = "human"):
     """Read and check every inbox file and merge them into the labels table, writing nothing.
 
-    Returns ``(labels, report)`` as :func:`al_lib.annotations.merge_annotations`; raises
+    Returns ``(labels, report)`` as :func:`al_lib.labels.merge_annotations`; raises
     ``AnnotationError`` (file, row, field) for the first bad file.
     """
     params = ws.params()
     files = ws.inbox_files() if files is None else files
     known_ids = set(ws.manifest()["id"])
-    batches = [read_annotations(path, known_ids=known_ids, classes=params.classes) for path in files]
+    batches = [_read(path, known_ids, params.classes) for path in files]
     return merge_annotations(ws.labels(), pd.concat(batches, ignore_index=True), round=round, source=source)
+
+
+def _read(path: Path, known_ids: set, classes: list[str]) -> pd.DataFrame:
+    """:func:`read_annotations`, with a JSON nested past Python's recursion limit (e.g. 100k
+    levels) reported as a bad file rather than a crash."""
+    try:
+        return read_annotations(path, known_ids=known_ids, classes=classes)
+    except RecursionError:
+        raise AnnotationError(path, [(None, None, "is nested too deeply to be an annotation export")]) from None
 
 
 def _move_aside(files: list[Path], target: Path) -> None:

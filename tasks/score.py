@@ -43,8 +43,9 @@ class ScorePlan:
 
 def plan_scoring(ws: Workspace, round: int) -> ScorePlan:
     """Draw the seeded subsample of the queryable pool; no image is decoded."""
-    params = ws.params()
-    candidates = load_workspace_data(ws, params).candidates()
+    inputs = ws.inputs()
+    params = inputs.params
+    candidates = load_workspace_data(ws, inputs).candidates()
     if len(candidates) == 0:
         raise ValueError("the pool is exhausted: every queryable image is labelled")
     positions = subsample_indices(len(candidates), params.pool_subsample, round_rng(params.seed, round, "subsample"))
@@ -55,9 +56,10 @@ def score_ids(ws: Workspace, round: int, ids: list[str], *, device=None, progres
     """Score the pool samples ``ids`` (one shard, or all): ``ids`` [n], ``scores`` [n] (the
     strategy's own score), ``mean_probs`` [n, C] and, for BatchBALD, ``joint_positions`` [M]
     (into ``ids``) with their ``joint`` MC probabilities [M, C, T]."""
-    params = ws.params()
+    inputs = ws.inputs()
+    params = inputs.params
     strategy = workspace_strategy(params)
-    data = load_workspace_data(ws, params)
+    data = load_workspace_data(ws, inputs)
     pool = data.state.pool
     position = {sid: i for i, sid in enumerate(pool.ids)}
     subset = Subset(pool, [position[i] for i in ids])

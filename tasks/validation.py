@@ -86,19 +86,17 @@ _MANIFEST_CHECKS = (
     _Check("path", "path", "path missing", "ExpectColumnValuesToNotBeNull"),
     _Check("path_is_relative", "path", "path is absolute", *_IN_TRUE),
     _Check("path_inside_workspace", "path", "path escapes the workspace", *_IN_TRUE),
+    _Check("file_inside_workspace", "path", "file is a symlink leaving the workspace", *_IN_TRUE),
     _Check("file_exists", "path", "file not found", *_IN_TRUE),
     _Check("decodes", "path", "image does not decode", *_IN_TRUE),
 )
 
 
 def _label_format() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The ``data/labels.csv`` columns and allowed sources, owned by the dataset state.
+    """The ``data/labels.csv`` columns and allowed sources, owned by :mod:`al_lib.labels`."""
+    from al_lib.labels import LABEL_COLUMNS, SOURCES
 
-    Imported on use: ``al_lib.data`` pulls in torch, and importing this module must stay cheap.
-    """
-    from al_lib.data.active_dataset import HISTORY_COLUMNS, SOURCES
-
-    return HISTORY_COLUMNS, SOURCES
+    return LABEL_COLUMNS, SOURCES
 
 
 def _label_checks(classes: Sequence[str]) -> tuple[_Check, ...]:
@@ -351,14 +349,15 @@ def _facts_column(values: list[bool | None]) -> pd.arrays.BooleanArray:
 def _manifest_frame(workspace: Path, manifest: pd.DataFrame, decode_images: bool,
                     image_cache: str | os.PathLike | None) -> tuple[pd.DataFrame, ImageChecks | None]:
     """The manifest plus helper columns ``path_is_relative``, ``path_inside_workspace``,
-    ``file_exists`` and (when ``decode_images``) ``decodes``: True/False, or None where a previous
+    ``file_inside_workspace`` (symlinks followed), ``file_exists`` and (when ``decode_images``) ``decodes``: True/False, or None where a previous
     fact already failed. Also the image checks (None when not decoding)."""
     frame = _as_text(manifest)
     if "path" not in frame.columns:
         return frame, None
     relative, inside, normalised = _locate(frame["path"].tolist())
-    rows = [row for row, ok in enumerate(inside) if ok]  # the rows whose file is looked at
     root = os.fspath(workspace.resolve()) + os.sep
+    stays = _stays_inside(root, normalised, inside)
+    rows = [row for row, ok in enumerate(stays) if ok]  # the rows whose file is looked at (never one outside)
     targets = [root + normalised[row] for row in rows]
     exists: list[bool | None] = [None] * len(frame)  # None: not applicable (a previous fact failed)
     decodes: list[bool | None] = [None] * len(frame)
@@ -375,12 +374,33 @@ def _manifest_frame(workspace: Path, manifest: pd.DataFrame, decode_images: bool
         for position, row in enumerate(rows):
             exists[row] = found[position]
             decodes[row] = decoded[position] if decoded else None
-    columns = {"path_is_relative": relative, "path_inside_workspace": inside, "file_exists": exists}
+    columns = {"path_is_relative": relative, "path_inside_workspace": inside, "file_inside_workspace": stays,
+               "file_exists": exists}
     if decode_images:
         columns["decodes"] = decodes
     for name, values in columns.items():
         frame[name] = _facts_column(values)
     return frame, checks
+
+
+def _stays_inside(root: str, normalised: list[str | None], inside: list[bool | None]) -> list[bool | None]:
+    """Per row whose path is inside the workspace (lexically): does its file stay inside once
+    symlinks are followed? None where ``inside`` is not True. A pool file is a link only when
+    something put it there by hand (`al init` and `al add-images` copy regular files), or DVC's
+    cache uses links — into ``.dvc/cache``, inside the workspace. Costs one ``lstat`` per file
+    and one ``realpath`` per folder."""
+    folders: dict[str, bool] = {}
+    out: list[bool | None] = []
+    for ok, path in zip(inside, normalised):
+        if not ok:
+            out.append(None)
+            continue
+        full = root + path
+        folder = os.path.dirname(full)
+        if folder not in folders:
+            folders[folder] = (os.path.realpath(folder) + os.sep).startswith(root)
+        out.append(folders[folder] and (not os.path.islink(full) or os.path.realpath(full).startswith(root)))
+    return out
 
 
 def _locate(paths: list[str | None]) -> tuple[list, list, list]:

@@ -33,12 +33,14 @@ MODEL = "models/model.pt"
 TRAIN_METRICS = "metrics/train.json"
 ROUNDS_METRICS = "metrics/rounds.csv"
 LEARNING_CURVE = "metrics/learning_curve.png"
+SCORE_HISTOGRAM = "metrics/pool_scores.png"
 VALIDATION = "validation"
 VALIDATION_RESULTS = "validation/results.json"
 DATA_DOCS = "validation/data_docs"
 #: Workspace-local caches (git-ignored): losing them costs time, never correctness.
 CACHE_DIR = ".al"
 IMAGE_CHECKS = ".al/image-checks.json"
+LABEL_STUDIO_STATE = ".al/labelstudio.json"  # the workspace's Label Studio project (url, title, id)
 
 # Splits that are never queried: their labels (when known) measure the model instead.
 HELD_OUT_SPLITS = ("test", "val", "valid", "validation")
@@ -81,7 +83,7 @@ def _check(condition: bool, path: Path, name: str, message: str) -> None:
 
 def parse_params(raw: dict[str, Any], path: Path) -> Params:
     """Validate the mapping read from ``path`` and build :class:`Params`."""
-    from al_lib.strategies import available_strategies
+    from al_lib.strategies import EMBEDDING_STRATEGIES, available_strategies
 
     _check(isinstance(raw, dict), path, "(top level)", "must be a mapping")
     raw = {k: v for k, v in raw.items() if k not in STAGE_SECTIONS}
@@ -94,18 +96,78 @@ def parse_params(raw: dict[str, Any], path: Path) -> Params:
     params = Params(**{**raw, "classes": classes})
     _check(params.heuristic in available_strategies(), path, "heuristic",
            f"must be one of {available_strategies()}, got {params.heuristic!r}")
+    _check(params.heuristic not in EMBEDDING_STRATEGIES, path, "heuristic",
+           f"{params.heuristic!r} runs in al_lib (acquire, simulate) but not yet in a workspace round: "
+           f"choose one of {sorted(set(available_strategies()) - set(EMBEDDING_STRATEGIES))}")
     for name in ("mc_iterations", "query_size", "initial_labels"):
         value = getattr(params, name)
-        _check(isinstance(value, int) and value >= 1, path, name, f"must be an integer >= 1, got {value!r}")
+        _check(_is_int(value) and value >= 1, path, name, f"must be an integer >= 1, got {value!r}")
+    _check_training(params, path)
     _check(isinstance(params.seed, int), path, "seed", f"must be an integer, got {params.seed!r}")
     sub = params.pool_subsample
     _check(sub is None or (isinstance(sub, int) and sub >= 1) or (isinstance(sub, float) and 0 < sub <= 1),
            path, "pool_subsample", f"must be null, an integer >= 1 or a fraction in (0, 1], got {sub!r}")
-    shape = params.model.get("input_shape") if isinstance(params.model, dict) else None
-    _check(isinstance(shape, list) and len(shape) == 3 and shape[0] in (1, 3), path, "model.input_shape",
-           f"must be [channels (1 or 3), height, width], got {shape!r}")
-    _check(isinstance(params.model.get("name"), str), path, "model.name", "must name a model")
+    _check(isinstance(params.model, dict), path, "model", f"must be a mapping, got {params.model!r}")
+    spec = model_spec(params, path.parent, check_files=True)
+    _check(spec.mc != "ensemble" or params.mc_iterations == spec.ensemble_size, path, "mc_iterations",
+           f"must equal model.ensemble_size ({spec.ensemble_size}: each member is one MC sample) "
+           f"with model.mc 'ensemble', got {params.mc_iterations!r}")
     return params
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML's true is no count
+
+
+#: ``training:`` keys a workspace may not set: the train step passes them itself.
+_TRAINING_SET_BY_STEP = ("model", "train_set", "val_set", "initial_state", "device", "seed", "progress",
+                         "callbacks", "augment", "loss", "num_workers")
+
+
+def _check_training(params: Params, path: Path) -> None:
+    """``training:`` holds options of :func:`al_lib.training.fit` of the types of its defaults
+    (ints >= 0, or >= 1 for ``max_epochs``/``batch_size``; numbers >= 0), ``inference.batch_size``
+    an integer >= 1; ParamsError naming ``training.<key>``."""
+    import inspect
+
+    from al_lib.training import fit
+
+    for section in ("training", "inference"):
+        _check(isinstance(getattr(params, section), dict), path, section,
+               f"must be a mapping, got {getattr(params, section)!r}")
+    options = {name: p for name, p in inspect.signature(fit).parameters.items()
+               if p.kind is p.KEYWORD_ONLY and name not in _TRAINING_SET_BY_STEP}
+    for key, value in params.training.items():
+        name = f"training.{key}"
+        _check(key in options, path, name, f"is not an option of the training (known: {', '.join(sorted(options))})")
+        default = options[key].default
+        if value is None and "None" in str(options[key].annotation):
+            continue
+        if isinstance(default, bool) or default is None:
+            _check(value is None or isinstance(value, type(default) if default is not None else object), path, name,
+                   f"must be {type(default).__name__}, got {value!r}")
+        elif isinstance(default, int):
+            low = 1 if key in ("max_epochs", "batch_size") else 0
+            _check(_is_int(value) and value >= low, path, name, f"must be an integer >= {low}, got {value!r}")
+        elif isinstance(default, float):
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0, path, name,
+                   f"must be a number >= 0, got {value!r}")
+        elif isinstance(default, str):
+            _check(isinstance(value, str), path, name, f"must be a string, got {value!r}")
+    size = params.inference.get("batch_size", 256)
+    _check(_is_int(size) and size >= 1, path, "inference.batch_size", f"must be an integer >= 1, got {size!r}")
+
+
+def model_spec(params: Params, root: Path, *, check_files: bool = False):
+    """``params.model`` as a validated :class:`al_lib.models.ModelSpec` (weights and entry points
+    relative to the workspace ``root``); ParamsError naming ``model.<key>`` and the bad value."""
+    from al_lib.models import ModelSpec
+    from al_lib.transforms import ConfigError
+
+    try:
+        return ModelSpec.from_config(params.model, root=root, check_files=check_files)
+    except ConfigError as err:
+        raise ParamsError(f"{root / PARAMS_FILE}: field 'model.{err.key}' {err.reason}") from None
 
 
 @dataclass(frozen=True)
@@ -136,9 +198,14 @@ class Workspace:
         return _read_once(path, parse)
 
     def manifest(self) -> pd.DataFrame:
-        """The pool manifest ``id,path[,split]`` (strings; read once per version of the file)."""
+        """The pool manifest ``id,path[,split]``, validated by :func:`al_lib.data.manifest.read_manifest`
+        (strings, index = CSV line; read once per version of the file)."""
+        from al_lib.data.manifest import read_manifest
+
         path = self.path(MANIFEST)
-        return _read_once(path, lambda: pd.read_csv(path, dtype=str, keep_default_na=False)).copy()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no pool manifest — is {self.root} a workspace? (create one with `al init`)")
+        return _read_once(path, lambda: read_manifest(path)).copy()
 
     def held_out_ids(self) -> set[str]:
         """Ids in a held-out split (test/val): never queried nor trained on; their labels measure the model."""
@@ -166,12 +233,23 @@ class Workspace:
             write_file(self.path(ROUND_FILE), text)
 
     def labels(self) -> pd.DataFrame:
-        from al_lib.annotations import read_labels
+        """``data/labels.csv`` as the labels table of :mod:`al_lib.labels`, validated (read once
+        per version of the file; an empty table before the first label)."""
+        from al_lib.labels import empty_labels, read_labels
 
-        return read_labels(self.path(LABELS))
+        path = self.path(LABELS)
+        if not path.is_file():
+            return empty_labels()
+        return _read_once(path, lambda: read_labels(path)).copy()
+
+    def inputs(self) -> RoundInputs:
+        """The round's validated inputs — params, manifest, labels, held-out ids, round — read once
+        and handed to every step (see :class:`RoundInputs`)."""
+        return RoundInputs(self.params(), self.manifest(), self.labels(), frozenset(self.held_out_ids()),
+                           self.round())
 
     def write_labels(self, frame: pd.DataFrame) -> None:
-        from al_lib.annotations import write_labels
+        from al_lib.labels import write_labels
 
         write_labels(self.path(LABELS), frame)
 
@@ -186,6 +264,15 @@ class Workspace:
         base = self.path(QUERIES)
         return base / f"round-{round}.csv", base / f"round-{round}.labelstudio.json"
 
+    def baseline_paths(self, baseline: str) -> tuple[Path, Path]:
+        """``metrics/baseline-<name>.csv`` (the reference arm's rounds) and
+        ``metrics/learning_curve_vs_<name>.png`` (both arms' learning curves)."""
+        return self.path(f"metrics/baseline-{baseline}.csv"), self.path(f"metrics/learning_curve_vs_{baseline}.png")
+
+    def query_thumbnails(self, round: int) -> Path:
+        """``data/queries/round-N.png``: the thumbnail grid of round N's queries."""
+        return self.path(QUERIES) / f"round-{round}.png"
+
     def inbox_files(self) -> list[Path]:
         """Annotation files waiting in ``data/inbox/`` (not in its processed/ subfolder), sorted."""
         inbox = self.path(INBOX)
@@ -195,6 +282,44 @@ class Workspace:
 
     def processed_dir(self, round: int) -> Path:
         return self.path(INBOX) / "processed" / f"round-{round}"
+
+
+@dataclass(frozen=True)
+class RoundInputs:
+    """What a round's steps read, validated once: the one object each step is handed.
+
+    Built by :meth:`Workspace.inputs` from the workspace files (each parsed once per version of
+    the file, so the steps of one in-process round share one reading and a step run alone by
+    ``dvc repro`` reads exactly the same). Frames are copies: a step may change them freely.
+
+    Attributes
+    ----------
+    params : Params
+    manifest : DataFrame
+        ``id,path[,split]`` (:func:`al_lib.data.manifest.read_manifest`).
+    labels : DataFrame
+        The labels table (:mod:`al_lib.labels`), held-out labels included.
+    held_out : frozenset of str
+        Ids of the held-out splits (test/val): never queried nor trained on.
+    round : int
+        The round in progress (``round.yaml``).
+    """
+
+    params: Params
+    manifest: pd.DataFrame
+    labels: pd.DataFrame
+    held_out: frozenset
+    round: int
+
+    @property
+    def train_labels(self) -> pd.DataFrame:
+        """The labels a model trains on: all but the held-out ones."""
+        return self.labels[~self.labels["id"].isin(self.held_out)]
+
+    @property
+    def held_out_labels(self) -> pd.DataFrame:
+        """The labels that measure the model (held-out splits)."""
+        return self.labels[self.labels["id"].isin(self.held_out)]
 
 
 _READ_CACHE: dict[Path, tuple[tuple[int, int, int], object]] = {}

@@ -41,3 +41,11 @@ def git_show():
         return proc.stdout if proc.returncode == 0 else None
 
     return show
+
+
+@pytest.fixture
+def inbox(tmp_path):
+    """A workspace-like ``data/inbox/`` folder under tmp_path for annotation files."""
+    path = tmp_path / "data" / "inbox"
+    path.mkdir(parents=True)
+    return path

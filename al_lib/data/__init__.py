@@ -8,18 +8,14 @@ from al_lib.data.active_dataset import (
     LabelledView,
     PoolView,
 )
-from al_lib.data.images import (
-    ImageDecodeError,
-    ImageFolderDataset,
-    ManifestDataset,
-    ManifestError,
-    image_to_tensor,
-)
+from al_lib.data.images import ImageDecodeError, ImageFolderDataset, ManifestDataset, image_to_tensor
+from al_lib.data.manifest import MANIFEST_COLUMNS, ManifestError, read_manifest
 from al_lib.data.imbalance import make_imbalanced
 from al_lib.data.sources import MNIST_SHA256, ArrayDataset, load_digits, load_mnist
 
 __all__ = [
     "HISTORY_COLUMNS",
+    "MANIFEST_COLUMNS",
     "MNIST_SHA256",
     "SOURCES",
     "ActiveLearningDataset",
@@ -34,4 +30,5 @@ __all__ = [
     "load_digits",
     "load_mnist",
     "make_imbalanced",
+    "read_manifest",
 ]

@@ -8,13 +8,12 @@ round, ids do not.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import numbers
 import os
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -23,24 +22,28 @@ import torch
 from torch.utils.data import Dataset
 
 from al_lib.atomic import atomic_write_text
+from al_lib.labels import (
+    LABEL_COLUMNS,
+    SOURCES,
+    check_annotator as _check_annotator,
+    check_round,
+    check_source as _source_code,
+    is_missing as _is_missing,
+    labels_frame,
+    utc_iso as _utc_iso,
+    utc_now,
+)
 from al_lib.seeding import SeedLike, check_random_state
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ActiveLearningDataset", "HISTORY_COLUMNS", "SOURCES"]
 
-#: Where a label came from. "correction" is recorded by :meth:`ActiveLearningDataset.relabel`.
-SOURCES = ("oracle", "human", "import", "random", "correction")
-#: Columns of :meth:`ActiveLearningDataset.history` (the ``data/labels.csv`` format).
-HISTORY_COLUMNS = ("id", "label", "round", "source", "annotator", "labelled_at")
+#: Columns of :meth:`ActiveLearningDataset.history`: the labels table of :mod:`al_lib.labels`.
+HISTORY_COLUMNS = LABEL_COLUMNS
 STATE_VERSION = 1
 _STATE_KEYS = ("ids", "labels", "rounds", "sources", "annotators", "labelled_at")
 _UNLABELLED = -1
-
-
-def utc_now() -> datetime:
-    """Current time as an aware UTC datetime (the default :attr:`ActiveLearningDataset.clock`)."""
-    return datetime.now(timezone.utc)
 
 
 class ActiveLearningDataset:
@@ -334,14 +337,14 @@ class ActiveLearningDataset:
         stamps = t.labelled_at[pos].astype(str)
         pos = pos[np.lexsort((pos, stamps, t.round[pos]))]
         labels = t.label[pos]
-        return pd.DataFrame({
-            "id": self._ids[pos],
-            "label": labels if self._classes is None else np.asarray(self._classes, object)[labels],
+        return labels_frame({
+            "id": self._ids[pos].tolist(),
+            "label": (labels if self._classes is None else np.asarray(self._classes, object)[labels]).tolist(),
             "round": t.round[pos],
             "source": np.asarray(SOURCES, object)[t.source[pos]],
             "annotator": t.annotator[pos],
             "labelled_at": t.labelled_at[pos],
-        }, columns=list(HISTORY_COLUMNS))
+        })
 
     def load_history(self, history: pd.DataFrame) -> None:
         """Replace all labels by those in ``history`` (a frame as returned by :meth:`history`).
@@ -679,49 +682,7 @@ def _per_id(check: Callable[[Any], Any], ids: list, values: Sequence) -> list:
 
 
 def _check_round(value: Any) -> int:
-    value = _scalar(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"round must be a non-negative int, got {value!r}")
-    return int(value)
-
-
-def _source_code(value: Any) -> int:
-    if value not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {value!r}")
-    return SOURCES.index(value)
-
-
-def _check_annotator(value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"annotator must be a str or None, got {value!r}")
-    return value
-
-
-def _utc_iso(value: Any) -> str:
-    """Normalise an aware datetime or ISO-8601 string to ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
-
-    One fixed format makes timestamps sort correctly as strings and round-trip exactly.
-    """
-    if isinstance(value, str):
-        return _utc_iso_from_str(value)
-    if not isinstance(value, datetime):
-        raise ValueError(f"labelled_at must be a datetime or ISO-8601 str, got {value!r}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"labelled_at {value.isoformat()!r} has no timezone; give UTC explicitly")
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@functools.lru_cache(maxsize=1024)  # a round's labels share a few timestamps: parse each once
-def _utc_iso_from_str(text: str) -> str:
-    try:  # Python < 3.11 does not read a "Z" suffix
-        value = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    except ValueError:
-        raise ValueError(f"labelled_at {text!r} is not an ISO-8601 timestamp") from None
-    return _utc_iso(value)
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
+    return check_round(_scalar(value))
 
 
 def _message(exc: BaseException) -> str:

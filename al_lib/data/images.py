@@ -8,20 +8,20 @@ for a folder, the ``id`` column for a manifest.
 
 from __future__ import annotations
 
-import csv
+import functools
 import logging
 import os
-import posixpath
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from al_lib.paths import relative_path_problem
+from al_lib.data.manifest import ManifestError, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ __all__ = ["ImageDecodeError", "ImageFolderDataset", "ManifestDataset", "Manifes
 _MODES = ("L", "RGB", "RGBA")
 #: Pillow modes with a single (grey) channel, possibly plus alpha: the default mode becomes "L".
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-_REQUIRED_COLUMNS = ("id", "path")
 _MISSING_LABEL = -1
 #: What Pillow raises for unreadable, truncated, unknown or oversized files.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -42,16 +41,6 @@ class ImageDecodeError(ValueError):
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = os.fspath(path)
         super().__init__(f"cannot decode image file {self.path!r}: {reason}")
-
-
-class ManifestError(ValueError):
-    """Invalid manifest CSV; ``.file``, ``.row`` (1-based, header = 1) and ``.field`` locate it."""
-
-    def __init__(self, file: str | os.PathLike, message: str, *, row: int | None = None,
-                 field: str | None = None):
-        self.file, self.row, self.field = os.fspath(file), row, field
-        where = "".join([f", row {row}" if row is not None else "", f", field {field!r}" if field else ""])
-        super().__init__(f"{self.file}{where}: {message}")
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -85,11 +74,11 @@ def _default_mode(path: Path) -> str:
 class _ImageFiles(Dataset):
     """Shared machinery: a list of files with ids, optional int targets, decoded on access."""
 
-    def __init__(self, paths: list[Path], ids: list[str], targets: np.ndarray | None,
+    def __init__(self, paths: Sequence[str | Path], ids: list[str], targets: np.ndarray | None,
                  classes: list[str] | None, transform: Callable | None, mode: str | None):
         if mode is not None and mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES} or None, got {mode!r}")
-        self.paths = paths
+        self._files = paths  # str or Path; Path objects only on demand (1M of them cost seconds)
         self.ids = ids
         self.targets = targets
         self.classes = classes
@@ -102,14 +91,19 @@ class _ImageFiles(Dataset):
         greyscale, else "RGB" (decided from that one file's header, so set it explicitly for a
         folder mixing greyscale and colour images)."""
         if self._mode is None:
-            self._mode = _default_mode(self.paths[0])
+            self._mode = _default_mode(self._files[0])
         return self._mode
 
+    @functools.cached_property
+    def paths(self) -> list[Path]:
+        """The image files, ``[N]`` (built on first access)."""
+        return [Path(f) for f in self._files]
+
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self._files)
 
     def __getitem__(self, index: int) -> Any:
-        image = _load_image(self.paths[index], self.mode)
+        image = _load_image(self._files[index], self.mode)
         x = image_to_tensor(image) if self.transform is None else self.transform(image)
         return x if self.targets is None else (x, int(self.targets[index]))
 
@@ -189,9 +183,10 @@ def _list_images(folder: Path, suffixes: set[str], *, recursive: bool) -> list[P
 class ManifestDataset(_ImageFiles):
     """Images listed in a CSV manifest with columns ``id,path[,label][,split]``.
 
-    Validated at construction (without decoding any image): required columns present, ids
-    non-empty and unique, paths non-empty, relative and not escaping ``root``, labels in
-    ``classes`` when given. Errors are :class:`ManifestError` naming the file, the row (1-based,
+    Validated at construction (without decoding any image) by
+    :func:`al_lib.data.manifest.read_manifest` — required columns present, ids non-empty and
+    unique, paths non-empty, relative and not escaping ``root`` — and labels in ``classes`` when
+    given. Errors are :class:`ManifestError` naming the file, the row (1-based,
     the header being row 1) and the field. Surrounding whitespace in fields is ignored; extra
     columns are allowed and ignored.
 
@@ -207,6 +202,9 @@ class ManifestDataset(_ImageFiles):
     classes : sequence of str, optional
         Allowed label names, in class-index order. Default: the labels found, sorted
         (numerically when all are integers, e.g. "2" before "10").
+    table : DataFrame, optional
+        The manifest as :func:`~al_lib.data.manifest.read_manifest` returned it for ``csv_path``
+        (already validated: it is not read again).
 
     Attributes
     ----------
@@ -225,84 +223,19 @@ class ManifestDataset(_ImageFiles):
 
     def __init__(self, csv_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
                  transform: Callable | None = None, mode: str | None = None,
-                 classes: Sequence[str] | None = None):
+                 classes: Sequence[str] | None = None, table: pd.DataFrame | None = None):
         self.csv_path = Path(csv_path)
         self.root = self.csv_path.parent if root is None else Path(root)
-        columns = _read_manifest(self.csv_path)
-        paths = [self.root / p for p in columns["path"]]
-        labels = columns.get("label")
+        table = read_manifest(self.csv_path) if table is None else table
+        root = os.fspath(self.root)
+        paths = [os.path.join(root, p) for p in table["path"]]
+        labels = list(zip(table.index, table["label"])) if "label" in table else None
         targets, classes = (
             (None, None) if labels is None else _encode_labels(self.csv_path, labels, classes)
         )
-        self.splits = None if "split" not in columns else [v for _, v in columns["split"]]
-        super().__init__(paths, columns["id"], targets, classes, transform, mode)
+        self.splits = table["split"].tolist() if "split" in table else None
+        super().__init__(paths, table["id"].tolist(), targets, classes, transform, mode)
         logger.debug("manifest %s: %d rows, classes=%s", self.csv_path, len(paths), classes)
-
-
-def _read_manifest(csv_path: Path) -> dict[str, list]:
-    """Validated columns: ``id`` [str], ``path`` [normalised relative str], and, when present,
-    ``label`` / ``split`` as [(row, value)]."""
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = [h.strip() for h in next(reader, [])]
-            fields = _header_index(csv_path, header)
-            optional = [k for k in ("label", "split") if k in fields]
-            out: dict[str, list] = {"id": [], "path": [], **{k: [] for k in optional}}
-            first_row: dict[str, int] = {}
-            for record in reader:
-                if not record:  # blank line
-                    continue
-                row = reader.line_num
-                if len(record) != len(header):
-                    raise ManifestError(
-                        csv_path, f"expected {len(header)} fields, got {len(record)}", row=row
-                    )
-                values = {k: record[i].strip() for k, i in fields.items()}
-                _check_id(csv_path, row, values["id"], first_row)
-                out["id"].append(values["id"])
-                out["path"].append(_check_path(csv_path, row, values["path"]))
-                for k in optional:
-                    out[k].append((row, values[k]))
-    except UnicodeDecodeError as exc:
-        raise ManifestError(csv_path, f"is not UTF-8 text ({exc})") from None
-    except csv.Error as exc:
-        raise ManifestError(csv_path, f"malformed CSV: {exc}", row=reader.line_num) from None
-    if not out["id"]:
-        raise ManifestError(csv_path, "has no data rows")
-    return out
-
-
-def _header_index(csv_path: Path, header: list[str]) -> dict[str, int]:
-    """Column positions of the known fields; errors for an empty header, duplicate or missing
-    required columns."""
-    if not header:
-        raise ManifestError(csv_path, "is empty (no header row)", row=1)
-    duplicates = sorted({h for h in header if header.count(h) > 1})
-    if duplicates:
-        raise ManifestError(csv_path, f"duplicate column(s) {duplicates}", row=1)
-    for column in _REQUIRED_COLUMNS:
-        if column not in header:
-            raise ManifestError(csv_path, f"missing required column {column!r} (header: {header})",
-                                row=1, field=column)
-    return {h: i for i, h in enumerate(header) if h in ("id", "path", "label", "split")}
-
-
-def _check_id(csv_path: Path, row: int, value: str, first_row: dict[str, int]) -> None:
-    if not value:
-        raise ManifestError(csv_path, "empty id", row=row, field="id")
-    if value in first_row:
-        raise ManifestError(csv_path, f"duplicate id {value!r} (first at row {first_row[value]})",
-                            row=row, field="id")
-    first_row[value] = row
-
-
-def _check_path(csv_path: Path, row: int, value: str) -> str:
-    """``value`` lexically normalised; ManifestError when empty, absolute or escaping root."""
-    problem = relative_path_problem(value)
-    if problem:
-        raise ManifestError(csv_path, problem, row=row, field="path")
-    return posixpath.normpath(value)
 
 
 def _encode_labels(csv_path: Path, labels: list[tuple[int, str]],
