@@ -9,13 +9,15 @@ exactly what the production pipeline runs as its score and query steps, so a lib
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
-from al_lib.inference import iter_predict_mc
+from al_lib.inference import iter_features, iter_predict_mc, predict_mc
+from al_lib.sampling import subsample_indices
 from al_lib.seeding import check_random_state
 from al_lib.strategies import ScoredPool, Strategy, available_strategies, resolve_strategy
 
@@ -29,7 +31,7 @@ BATCH_STRATEGIES = ("batch_bald", "power_bald", "power_entropy", "softmax_bald",
 
 
 def acquire(
-    model: nn.Module,
+    model: nn.Module | None,
     pool: Dataset,
     strategy: str | Strategy,
     k: int,
@@ -40,13 +42,17 @@ def acquire(
     seed: int | None = 0,
     temperature: float = 1.0,
     progress: bool = True,
+    labelled: Dataset | None = None,
+    target: Dataset | None = None,
+    features: str | Callable | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pick ``k`` samples of ``pool`` to label.
 
     Parameters
     ----------
-    model : nn.Module
-        Already MC-stochastic (see :func:`~al_lib.bayesian.patch_module`); unused for "random".
+    model : nn.Module or None
+        Already MC-stochastic (see :func:`~al_lib.bayesian.patch_module`); unused for "random";
+        None for the cold-start strategies (typiclust, probcover) given ``features=callable``.
     pool : Dataset
         Items ``x`` or ``(x, ...)``.
     strategy : str or Strategy
@@ -58,6 +64,17 @@ def acquire(
         One generator gives first the MC seed, then the selection seed.
     temperature : float
         Of the stochastic samplers given by name (power_bald, ...); ignored by the others.
+    labelled : Dataset or None
+        The labelled set (items ``(x, y)``; a ``labels`` attribute is used when present): the
+        initial centres of coreset, the covered clusters/balls of typiclust and probcover, the
+        class counts of class_balanced; ignored by the other strategies.
+    target : Dataset or None
+        EPIG's target inputs; None: a seeded random subsample of ``strategy.target_size`` pool
+        samples. Scored with the same MC seed as the pool (use consistent MC dropout).
+    features : None, "penultimate" or callable
+        The embedding of the ``needs_features`` strategies (see
+        :func:`~al_lib.inference.iter_predict_mc`); default "penultimate" of ``model``, computed in
+        the pool's MC pass. The cold-start strategies with ``model=None`` need a callable.
 
     Returns
     -------
@@ -73,20 +90,59 @@ def acquire(
     rng = check_random_state(seed)
     mc_seed = int(rng.integers(2**31))
     select_seed = int(rng.integers(2**31))
-    if strategy.needs_joint and not _has_consistent_samples(model):
+    if strategy.needs_consistent_samples and not _has_consistent_samples(model):
         logger.warning(
             "%s compares MC sample t across inputs, but this model draws independent dropout "
             "masks per input: patch it with patch_module(model, consistent=True)", strategy.name
         )
-    if strategy.needs_probs:
-        scorer = strategy.pool_scorer(k)
-        for probs in iter_predict_mc(model, pool, iterations=iterations, batch_size=batch_size,
-                                     device=device, seed=mc_seed, progress=progress):
-            scorer.update(probs)
+    mc = dict(iterations=iterations, batch_size=batch_size, device=device, seed=mc_seed, progress=progress)
+    if strategy.needs_features and features is None:
+        features = "penultimate"
+    if strategy.needs_target and getattr(strategy, "target_probs", None) is None:
+        if target is None:
+            target = Subset(pool, subsample_indices(len(pool), strategy.target_size, select_seed))
+        strategy = strategy.with_target(predict_mc(model, target, **mc))
+    if strategy.needs_probs or strategy.needs_features:
+        scorer = strategy.pool_scorer(k, seed=select_seed)
+        for probs, feats in _passes(model, pool, strategy, features, mc):
+            scorer.update(probs, feats)
         scored = scorer.result()
     else:
         scored = ScoredPool(np.full(len(pool), np.nan))
-    return tuple(strategy.select(scored.scores, k, seed=select_seed, joint=scored.joint))
+    known = _labelled_set(model, labelled, strategy, features, mc) if strategy.needs_labelled else None
+    return tuple(strategy.select(scored.scores, k, seed=select_seed, joint=scored.joint, pool=scored,
+                                 labelled=known))
+
+
+def _passes(model: nn.Module | None, data: Dataset, strategy: Strategy, features, mc: dict) -> Iterator[tuple]:
+    """``(probs [B, C, ..., T] or None, features [B, D] or None)`` per batch of ``data``."""
+    if strategy.needs_probs or (model is not None and not callable(features)):
+        for out in iter_predict_mc(model, data, features=features if strategy.needs_features else None, **mc):
+            probs, feats = out if strategy.needs_features else (out, None)
+            yield (probs if strategy.needs_probs else None), feats
+        return
+    if not callable(features):
+        raise ValueError(f"{strategy.name} without a model needs features=callable (an embedding of the inputs)")
+    for feats in iter_features(features, data, batch_size=mc["batch_size"], device=mc["device"],
+                               progress=mc["progress"]):
+        yield None, feats
+
+
+def _labelled_set(model, labelled: Dataset | None, strategy: Strategy, features, mc: dict):
+    """The :class:`~al_lib.embedding_strategies.LabelledSet` of ``labelled`` that ``strategy`` uses."""
+    from al_lib.embedding_strategies import LabelledSet
+
+    if labelled is None or len(labelled) == 0:
+        return None
+    feats = None
+    if strategy.needs_features:
+        feats = np.concatenate([f.cpu().numpy() for _, f in _passes(model, labelled, strategy, features, mc)])
+    labels = None
+    if strategy.needs_predicted:
+        from al_lib.loop import _targets
+
+        labels = np.asarray(labelled.labels) if hasattr(labelled, "labels") else _targets(labelled)
+    return LabelledSet(features=feats, labels=labels)
 
 
 def _has_consistent_samples(model: nn.Module) -> bool:

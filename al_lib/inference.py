@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from al_lib import prefix_cache
+from al_lib.bayesian.guards import check_mc_batches
 from al_lib.bayesian.mc_aware import mc_aware_modules, mc_generator
 from al_lib.bayesian.mc_aware import mc_iterations as declare_mc_iterations
 from al_lib.device import resolve_device
@@ -36,7 +37,7 @@ from al_lib.seeding import SeedLike, draw_seed, isolated_torch_rng, torch_genera
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunningTopK", "iter_predict_mc", "predict_mc", "score_pool"]
+__all__ = ["RunningTopK", "iter_features", "iter_predict_mc", "predict_mc", "score_pool"]
 
 #: Default cap on the tiled rows of one forward pass (rows = samples x MC iterations).
 MAX_ROWS = 8192
@@ -57,7 +58,8 @@ def iter_predict_mc(
     split: str | tuple[nn.Module, nn.Module] | None = None,
     amp: bool | torch.dtype | None = None,
     max_rows: int | None = MAX_ROWS,
-) -> Iterator[torch.Tensor]:
+    features: str | Callable | None = None,
+) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield MC probabilities batch by batch: float32 tensors ``[B, C, ..., T]`` on ``device``.
 
     The deterministic prefix of the model (everything before its first stochastic layer) runs once
@@ -101,10 +103,27 @@ def iter_predict_mc(
         into slices of ``max_rows // T`` samples, each still carrying all T samples (so consistent
         masks, DropConnect and ensembles see whole MC samples); only when T alone exceeds the cap
         and the tiled part has no MC-aware module is T itself cut into groups. None: no cap.
+    features : None, "penultimate" or callable
+        Also yield an embedding of each sample, computed in the same pass (for the embedding
+        strategies of :mod:`al_lib.strategies`). "penultimate": the input of the model's last
+        ``nn.Linear`` (in module order: the classification head of torchvision's and our
+        models), flattened to ``[B, D]`` and averaged over the T MC samples when the head runs on
+        tiled rows (after a stochastic layer), by a forward pre-hook removed afterwards; models
+        whose last Linear is not called once per forward (ensembles, a functional head) need a
+        callable. A callable ``features(x [B, ...]) -> [B, ...]`` (flattened to ``[B, D]``) runs on
+        each input batch: a frozen pretrained backbone, or ``lambda x: x`` for raw inputs. Only the
+        current batch's features are held.
 
     Yields
     ------
-    probs : float32 tensor ``[B, C, ..., T]``
+    probs : float32 tensor ``[B, C, ..., T]``; with ``features``, pairs ``(probs, features)``,
+        features a float32 tensor ``[B, D]`` on ``device``.
+
+    Raises
+    ------
+    al_lib.bayesian.guards.NonFiniteProbabilitiesError, al_lib.bayesian.guards.NoStochasticLayerError
+        NaN/Inf probabilities; or T > 1 identical samples from a model without an MC layer
+        (forgot :func:`~al_lib.bayesian.patch_module`; a deterministic model passes ``iterations=1``).
     """
     device = resolve_device(device)
     if iterations < 1:
@@ -117,11 +136,84 @@ def iter_predict_mc(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=_collate_inputs, generator=torch_generator(generator))
     tiled = _TiledPass(iterations, activation, _amp_dtype(device, amp), max_rows)
-    with _eval_mode(model):
+    with _eval_mode(model), _feature_tap(model, features) as tap:
         model.to(device)  # before planning: the split's cache signature covers moved buffers
         plan = prefix_cache.plan_split(model, engine=engine, split=split)
-        yield from _predict_batches(model, plan, loader, tiled, device=device, generator=generator,
-                                    progress=progress, strict=engine == "prefix", split=split)
+        batches = _predict_batches(model, plan, loader, tiled, device=device, generator=generator,
+                                   progress=progress, strict=engine == "prefix", split=split, tap=tap)
+        # NaN/Inf probabilities, or identical samples from a model with no MC layer: a clear error.
+        checked = check_mc_batches(batches, model, iterations, extra_modules=split if isinstance(split, tuple) else ())
+        if tap is None:
+            yield from checked
+        else:
+            for probs in checked:  # the tap holds the features of the batch just yielded
+                yield probs, tap.batch_features()
+
+
+class _FeatureTap:
+    """The features of each batch: a callable on the input, or the last ``nn.Linear``'s input.
+
+    For "penultimate", a forward pre-hook collects the Linear's inputs ``[rows, D]`` of a forward
+    call; :meth:`take` hands them over (or None). ``_predict_batches`` reduces them per batch and
+    :meth:`store` keeps only the current batch's ``[B, D]``.
+    """
+
+    def __init__(self, model: nn.Module, features) -> None:
+        self.fn = features if callable(features) else None
+        self.name, self.linear, self._captured, self._batch = "", None, [], None
+        if self.fn is None:
+            linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise ValueError(f"features='penultimate' needs an nn.Linear head; {type(model).__name__} has "
+                                 "none: pass features=callable")
+            self.name, self.linear = linears[-1]
+            self._handle = self.linear.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args) -> None:
+        x = args[0]
+        self._captured.append(x.detach().reshape(x.shape[0], -1).float())
+
+    def take(self) -> torch.Tensor | None:
+        """The Linear's inputs since the last call, concatenated ``[rows, D]``, or None."""
+        out = (torch.cat(self._captured) if len(self._captured) > 1 else self._captured[0]) if self._captured else None
+        self._captured = []
+        return out
+
+    def of_input(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fn(x)
+        return out.detach().reshape(out.shape[0], -1).float()
+
+    def store(self, features: torch.Tensor | None, b: int) -> None:
+        if features is None or features.shape[0] != b:
+            raise ValueError(
+                f"features='penultimate': the last nn.Linear of the model ({self.name!r}) did not see "
+                f"the batch's {b} samples once per MC sample in a forward pass"
+                + ("" if features is None else f" (it saw {features.shape[0]} rows)")
+                + ": pass features=callable")
+        self._batch = features
+
+    def batch_features(self) -> torch.Tensor:
+        out, self._batch = self._batch, None
+        return out
+
+    def close(self) -> None:
+        if self.linear is not None:
+            self._handle.remove()
+
+
+@contextlib.contextmanager
+def _feature_tap(model: nn.Module, features):
+    """A :class:`_FeatureTap` for ``features`` (None: none), its hook removed on exit."""
+    if features is None:
+        yield None
+        return
+    if not callable(features) and features != "penultimate":
+        raise ValueError(f"features must be None, 'penultimate' or a callable, got {features!r}")
+    tap = _FeatureTap(model, features)
+    try:
+        yield tap
+    finally:
+        tap.close()
 
 
 @dataclass(frozen=True)
@@ -137,16 +229,33 @@ class _TiledPass:
         """A fresh autocast context (or a no-op one): autocast objects are not reentrant."""
         return torch.autocast(device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
 
-    def probs(self, tail: nn.Module, h: torch.Tensor, *, t_chunkable: bool) -> torch.Tensor:
-        """``tail`` on ``h`` [B, ...] tiled T times, <= ``max_rows`` rows per pass → [B, C, ..., T]."""
+    def probs(self, tail: nn.Module, h: torch.Tensor, *, t_chunkable: bool,
+              tap: _FeatureTap | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``tail`` on ``h`` [B, ...] tiled T times, <= ``max_rows`` rows per pass → [B, C, ..., T].
+
+        Also returns what ``tap`` saw in the tail, averaged over the T samples → [B, D] (None
+        when it saw nothing there, or when there is no tap).
+        """
         rows, t_step = self._chunk_sizes(h.shape[0], t_chunkable)
-        slices = []
+        slices, feature_slices = [], []
         for start in range(0, h.shape[0], rows):
             part = h[start : start + rows]
-            groups = [self._forward(tail, part, min(t_step, self.iterations - t0))
-                      for t0 in range(0, self.iterations, t_step)]
+            groups, summed = [], None
+            for t0 in range(0, self.iterations, t_step):
+                t = min(t_step, self.iterations - t0)
+                groups.append(self._forward(tail, part, t))
+                seen = tap.take() if tap is not None else None
+                if seen is not None:
+                    if seen.shape[0] != t * part.shape[0]:
+                        tap.store(seen, t * part.shape[0])  # raises: not one call per sample
+                    seen = seen.reshape(t, part.shape[0], -1).sum(0)
+                    summed = seen if summed is None else summed + seen
             slices.append(torch.cat(groups, dim=-1) if len(groups) > 1 else groups[0])
-        return torch.cat(slices, dim=0) if len(slices) > 1 else slices[0]
+            feature_slices.append(summed)
+        probs = torch.cat(slices, dim=0) if len(slices) > 1 else slices[0]
+        if any(f is None for f in feature_slices):
+            return probs, None
+        return probs, torch.cat(feature_slices) / self.iterations
 
     def _chunk_sizes(self, batch: int, t_chunkable: bool) -> tuple[int, int]:
         """(samples per pass, MC iterations per pass) so that a pass has at most ``max_rows`` rows.
@@ -170,7 +279,7 @@ class _TiledPass:
 
 def _predict_batches(model: nn.Module, plan: prefix_cache.MCSplit, loader: DataLoader, tiled: _TiledPass, *,
                      device: torch.device, generator: torch.Generator, progress: bool, strict: bool,
-                     split) -> Iterator[torch.Tensor]:
+                     split, tap: _FeatureTap | None = None) -> Iterator[torch.Tensor]:
     """The batch loop of :func:`iter_predict_mc` for a planned split; every draw derives from ``generator``."""
     bar = tqdm(total=len(loader.dataset), desc=f"MC predict (T={tiled.iterations})", unit="sample",
                disable=not progress, leave=False)
@@ -188,6 +297,8 @@ def _predict_batches(model: nn.Module, plan: prefix_cache.MCSplit, loader: DataL
                 scope.enter_context(declare_mc_iterations(plan.tail, tiled.iterations))
                 t_chunkable = not mc_aware_modules(plan.tail)
                 first = False
+            if tap is not None:
+                tap.take()  # drop what the plan's probe on this batch passed through the head
             # Foreign random ops (custom layers calling torch.rand*, functional dropout) can only
             # draw from torch's global RNG: give them a seeded fork of it, per batch, so the caller
             # gets its own RNG back while it holds a batch.
@@ -196,7 +307,11 @@ def _predict_batches(model: nn.Module, plan: prefix_cache.MCSplit, loader: DataL
                 if plan.prefix is not None:
                     with tiled.autocast(device):
                         h = plan.prefix(x)
-                probs = tiled.probs(plan.tail, h, t_chunkable=t_chunkable)
+                in_prefix = tap.take() if tap is not None else None  # the head ran in the prefix
+                probs, in_tail = tiled.probs(plan.tail, h, t_chunkable=t_chunkable, tap=tap)
+            if tap is not None:
+                tap.store(tap.of_input(x) if tap.fn is not None else in_prefix if in_tail is None else in_tail,
+                          x.shape[0])
             yield probs
             del probs  # hold no reference while the next batch is computed: O(batch) memory
             bar.update(x.shape[0])
@@ -219,16 +334,20 @@ def _usable(model: nn.Module, plan: prefix_cache.MCSplit, x: torch.Tensor, *, st
     return prefix_cache.MCSplit(None, model, "full", problem)
 
 
-def predict_mc(model: nn.Module, dataset: Dataset, **kwargs) -> np.ndarray:
+def predict_mc(model: nn.Module, dataset: Dataset, **kwargs) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """MC probabilities for a whole dataset: float32 array ``[N, C, ..., T]``.
 
     Takes the arguments of :func:`iter_predict_mc`. Holds the full array in memory; use
-    :func:`score_pool` to score a large pool in O(batch + k) memory.
+    :func:`score_pool` to score a large pool in O(batch + k) memory. With ``features=``, returns
+    ``(probs [N, C, ..., T], features [N, D])``, both float32.
     """
-    batches = [b.float().cpu().numpy() for b in iter_predict_mc(model, dataset, **kwargs)]
+    batches = list(iter_predict_mc(model, dataset, **kwargs))
     if not batches:
         raise ValueError("predict_mc got an empty dataset")
-    return np.concatenate(batches, axis=0)
+    if kwargs.get("features") is None:
+        return np.concatenate([b.float().cpu().numpy() for b in batches], axis=0)
+    return (np.concatenate([p.float().cpu().numpy() for p, _ in batches], axis=0),
+            np.concatenate([f.cpu().numpy() for _, f in batches], axis=0))
 
 
 def score_pool(
@@ -282,12 +401,52 @@ def score_pool(
     if not 0 <= k <= len(dataset):
         raise ValueError(f"cannot select k={k} samples from a pool of {len(dataset)}")
     stream = strategy.stream(k, seed=selection_seed)
-    if not strategy.needs_probs:
+    if strategy.needs_features:  # the embedding strategies: features from the same pass
+        kwargs["features"] = kwargs.get("features") or "penultimate"
+        for probs, feats in iter_predict_mc(model, dataset, **kwargs):
+            stream.update(probs if strategy.needs_probs else None, feats)
+    elif not strategy.needs_probs:
         stream.skip(len(dataset))
     else:
         for probs in iter_predict_mc(model, dataset, **kwargs):
             stream.update(probs)
     return tuple(stream.result())
+
+
+def iter_features(
+    features: Callable | nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 128,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield an embedding of a dataset batch by batch, without a model's MC pass (cold start).
+
+    Parameters
+    ----------
+    features : callable or nn.Module
+        ``features(x [B, ...]) -> [B, ...]`` (flattened to ``[B, D]``): a pretrained or
+        self-supervised backbone, or ``lambda x: x`` for raw inputs. A module runs in ``eval()``
+        mode (its modes are restored afterwards) on ``device``.
+    dataset : Dataset
+        Items ``x`` or ``(x, ...)``.
+
+    Yields
+    ------
+    features : float32 tensor ``[B, D]`` on ``device``.
+    """
+    device = resolve_device(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=_collate_inputs)
+    module = features if isinstance(features, nn.Module) else None
+    with _eval_mode(module), torch.inference_mode():
+        if module is not None:
+            module.to(device)
+        for x in tqdm(loader, desc="features", disable=not progress, leave=False):
+            out = features(x.to(device, non_blocking=True))
+            yield out.detach().reshape(out.shape[0], -1).float()
 
 
 def _pool_strategy(heuristic, selection: str, temperature: float):

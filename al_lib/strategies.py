@@ -29,7 +29,12 @@ Every strategy has
   :func:`al_lib.inference.score_pool`; it picks exactly what ``select`` picks for the same seed.
 
 :func:`get_strategy` builds one by name (the registry :data:`STRATEGIES`);
-:func:`available_strategies` lists the names.
+:func:`available_strategies` lists the names. The strategies that also need embeddings, the
+labelled set or a target set (badge, coreset, typiclust, probcover, epig, class_balanced:
+:data:`EMBEDDING_STRATEGIES`, defined in :mod:`al_lib.embedding_strategies`) say so with
+``needs_features`` / ``needs_labelled`` / ``needs_target`` / ``needs_predicted``; phase 1 then gets
+``update(probs, features)`` and ``select`` gets ``pool=`` (the whole :class:`ScoredPool`) and
+``labelled=``. Their memory bound for large pools is documented in that module.
 """
 
 from __future__ import annotations
@@ -42,12 +47,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from al_lib.sampling import RunningTopK, Selection, make_selector
+from al_lib.sampling import RunningTopK, Selection, gumbel_noise, make_selector, noise_seed
 from al_lib.seeding import SeedLike
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EMBEDDING_STRATEGIES",
     "STRATEGIES",
     "BatchBALDStrategy",
     "PoolScorer",
@@ -135,6 +141,24 @@ class Strategy:
     needs_probs: bool = True
     #: Whether the selection depends on ``seed``.
     stochastic: bool = False
+    #: Whether phase 1 needs each batch's features ``[B, D]`` (``iter_predict_mc(features=...)``)
+    #: and keeps those of its candidates (:mod:`al_lib.embedding_strategies`).
+    needs_features: bool = False
+    #: Whether :meth:`select` uses the labelled set (``labelled=LabelledSet``): its features or labels.
+    needs_labelled: bool = False
+    #: Whether the score needs a target set's MC probabilities (EPIG).
+    needs_target: bool = False
+    #: Whether phase 1 keeps the predicted class of every sample (class_balanced).
+    needs_predicted: bool = False
+
+    @property
+    def needs_consistent_samples(self) -> bool:
+        """Whether MC sample t must be the same model for every input (BatchBALD's joint, EPIG's target)."""
+        return self.needs_joint or self.needs_target
+
+    def candidate_limit(self) -> int | None:
+        """How many candidates' features phase 1 keeps (``needs_features`` only; None = all)."""
+        return None
 
     def score_batch(self, probs) -> np.ndarray:
         """The strategy's own per-sample score.
@@ -153,7 +177,8 @@ class Strategy:
         """A streaming selector of :mod:`al_lib.sampling` (``update(scores, positions)``)."""
         raise NotImplementedError
 
-    def select(self, scores, k: int, *, seed: SeedLike = None, joint=None) -> Selection:
+    def select(self, scores, k: int, *, seed: SeedLike = None, joint=None, pool: ScoredPool | None = None,
+               labelled=None) -> Selection:
         """Pick ``k`` of ``n`` scored samples.
 
         Parameters
@@ -162,6 +187,10 @@ class Strategy:
         k : int, ``0 <= k <= n`` (ValueError otherwise).
         seed : int, numpy Generator or None; used by the stochastic strategies.
         joint : only for ``needs_joint`` strategies (see :class:`BatchBALDStrategy`).
+        pool : the whole :class:`ScoredPool` of phase 1; used by the strategies of
+            :mod:`al_lib.embedding_strategies` (its candidates' features, the predicted classes).
+        labelled : :class:`al_lib.embedding_strategies.LabelledSet` or None; used by the
+            ``needs_labelled`` strategies, ignored by the others.
 
         Returns
         -------
@@ -182,17 +211,21 @@ class Strategy:
         return np.empty(0, dtype=np.int64)
 
     def stream(self, k: int, *, seed: SeedLike = None) -> SelectionStream:
-        """One-pass selection: ``update(probs [B, C, ..., T])`` per batch, then ``result()``.
+        """One-pass selection: ``update(probs [B, C, ..., T], features=None)`` per batch, then ``result()``.
 
-        Memory O(batch + k) (BatchBALD: + its candidates' probs); the picks equal
-        ``select(concatenated scores, k, seed=seed, joint=...)``. ``k`` is checked against the
-        number of samples seen when ``result()`` is called.
+        Memory O(batch + k) (BatchBALD: + its candidates' probs; the embedding strategies: their
+        phase-1 memory); the picks equal ``select(concatenated scores, k, seed=seed, joint=...)``
+        (without a labelled set). ``k`` is checked against the number of samples seen when
+        ``result()`` is called.
         """
+        if self.needs_features or self.needs_predicted:
+            return _ScoredStream(self, k, seed)
         return SelectionStream(self, self._selector, k, seed)
 
-    def pool_scorer(self, k: int | None = None) -> PoolScorer:
-        """Phase 1 of the two-phase use: keeps the scores [n] (and the joint candidates' probs)."""
-        return PoolScorer(self, k)
+    def pool_scorer(self, k: int | None = None, *, seed: SeedLike = None) -> PoolScorer:
+        """Phase 1 of the two-phase use: keeps the scores [n] (and the joint candidates' probs, or
+        the embedding candidates' features, drawn with ``seed``)."""
+        return PoolScorer(self, k, seed=seed)
 
     def __str__(self) -> str:
         return self.name
@@ -205,8 +238,9 @@ class SelectionStream:
         self.strategy, self.k, self.n = strategy, _check_k(k), 0
         self._selector = make(self.k, seed)
 
-    def update(self, probs) -> np.ndarray:
-        """Score a batch ``[B, C, ..., T]`` and fold it in; returns its scores [B]."""
+    def update(self, probs, features=None) -> np.ndarray:
+        """Score a batch ``[B, C, ..., T]`` and fold it in; returns its scores [B] (``features``:
+        only the embedding strategies use them)."""
         scores = _batch_scores(self.strategy.score_batch(probs), _n_rows(probs))
         self._fold(scores, probs)
         self.n += len(scores)
@@ -225,6 +259,28 @@ class SelectionStream:
     def result(self) -> Selection:
         _check_k(self.k, self.n)
         return Selection(*self._selector.result())
+
+
+class _ScoredStream(SelectionStream):
+    """A one-pass selection that keeps a :class:`PoolScorer` and selects on its result."""
+
+    def __init__(self, strategy: Strategy, k: int, seed: SeedLike) -> None:
+        self.strategy, self.k, self.seed = strategy, _check_k(k), seed
+        self._scorer = PoolScorer(strategy, self.k, seed=seed)
+
+    @property
+    def n(self) -> int:
+        return self._scorer.n
+
+    def update(self, probs, features=None) -> np.ndarray:
+        return self._scorer.update(probs, features)
+
+    def skip(self, n: int) -> None:
+        raise ValueError(f"{self.strategy.name} needs the samples' features or probabilities")
+
+    def result(self) -> Selection:
+        scored = self._scorer.result()
+        return self.strategy.select(scored.scores, self.k, seed=self.seed, joint=scored.joint, pool=scored)
 
 
 # --- per-sample heuristics and stochastic samplers ----------------------------------------------
@@ -409,8 +465,9 @@ class BatchBALDStrategy(Strategy):
         k = _check_k(k, len(scores))
         return np.sort(top_k(scores, self.candidate_count(k, len(scores))))
 
-    def select(self, scores, k: int, *, seed: SeedLike = None, joint=None) -> Selection:
-        """Greedy BatchBALD among :meth:`joint_candidates`.
+    def select(self, scores, k: int, *, seed: SeedLike = None, joint=None, pool: ScoredPool | None = None,
+               labelled=None) -> Selection:
+        """Greedy BatchBALD among :meth:`joint_candidates` (``pool`` and ``labelled`` are not used).
 
         Parameters
         ----------
@@ -520,11 +577,22 @@ class ScoredPool:
     scores : float64 [n], :meth:`Strategy.score_batch` of every sample, in pool order.
     joint_positions : int64 [M] (ascending) or None: ``joint_candidates(scores, k)``.
     joint : [M, C, T] probs of ``joint_positions`` (numpy, the batches' dtype), or None.
+    candidate_positions : int64 [M] (ascending) or None: the embedding strategies' candidates
+        (a uniform subsample of at most ``strategy.candidate_limit()``).
+    features : float32 [M, D] or None: their features.
+    candidate_probs : float32 [M, C] or None: their MC-mean probabilities (None without probs).
+    predicted : int64 [n] or None: every sample's predicted class (``needs_predicted``).
+    n_classes : int or None: C of the probabilities seen.
     """
 
     scores: np.ndarray
     joint_positions: np.ndarray | None = None
     joint: np.ndarray | None = None
+    candidate_positions: np.ndarray | None = None
+    features: np.ndarray | None = None
+    candidate_probs: np.ndarray | None = None
+    predicted: np.ndarray | None = None
+    n_classes: int | None = None
 
 
 class PoolScorer:
@@ -534,36 +602,109 @@ class PoolScorer:
     top-M candidates (O(M·C·T)), so no second pass over the pool is needed and the joint rows are
     the very probabilities the scores came from.
 
+    For ``needs_features`` strategies, ``update(probs, features [B, D])`` also keeps the features
+    and MC-mean probabilities of a uniform random subsample of at most
+    ``strategy.candidate_limit()`` samples: those with the smallest keys
+    :func:`al_lib.sampling.gumbel_noise` ``(noise_seed(seed), position)`` (O(M·(D + C)) memory);
+    ``probs`` may be None for strategies that need no model (``needs_probs=False``: cold start).
+    For ``needs_predicted`` strategies, also the argmax class of every sample (O(n)).
+
     Parameters
     ----------
     strategy : Strategy
     k : int, the batch size; required when ``strategy.needs_joint`` (M depends on it).
+    seed : int, numpy Generator or None: the candidate subsample (``needs_features`` only).
     """
 
-    def __init__(self, strategy: Strategy, k: int | None = None) -> None:
+    def __init__(self, strategy: Strategy, k: int | None = None, *, seed: SeedLike = None) -> None:
         if strategy.needs_joint and k is None:
             raise ValueError(f"{strategy.name} needs k to know how many candidates to keep")
         self.strategy, self.k = strategy, k
         self._scores: list[np.ndarray] = []
         self.n = 0
+        self.n_classes: int | None = None
         self._best = _RunningRows(strategy.candidate_count(k, np.iinfo(np.int64).max)) if strategy.needs_joint else None
+        self._predicted: list[np.ndarray] | None = [] if strategy.needs_predicted else None
+        self._limit = strategy.candidate_limit() if strategy.needs_features else None
+        self._noise_seed = noise_seed(seed) if strategy.needs_features and self._limit is not None else None
+        self._kept = _RunningRows(self._limit) if self._noise_seed is not None else None
+        self._all_rows: list[np.ndarray] | None = [] if strategy.needs_features and self._limit is None else None
+        self._width: tuple[int, int] | None = None  # (D, C) of the kept rows
 
-    def update(self, probs) -> np.ndarray:
-        """Score a batch and keep its scores (and candidate rows); returns its scores [B]."""
-        scores = _batch_scores(self.strategy.score_batch(probs), _n_rows(probs))
+    def update(self, probs, features=None) -> np.ndarray:
+        """Score a batch and keep its scores (and candidate rows); returns its scores [B].
+
+        ``probs [B, C, ..., T]`` (None for a strategy with ``needs_probs=False``); ``features
+        [B, D]``, required by ``needs_features`` strategies.
+        """
+        if probs is None:
+            if self.strategy.needs_probs or features is None:
+                raise ValueError(f"{self.strategy.name} needs the samples' probabilities")
+            scores = np.full(_n_rows(features), np.nan)
+        else:
+            scores = _batch_scores(self.strategy.score_batch(probs), _n_rows(probs))
+        positions = np.arange(self.n, self.n + len(scores), dtype=np.int64)
         if self._best is not None:
-            self._best.update(scores, np.arange(self.n, self.n + len(scores), dtype=np.int64), probs)
+            self._best.update(scores, positions, probs)
+        if probs is not None and (self._predicted is not None or self.strategy.needs_features):
+            mean = _mean_probs(probs)
+            self.n_classes = mean.shape[1]
+            if self._predicted is not None:
+                self._predicted.append(mean.argmax(1).cpu().numpy().astype(np.int64))
+        if self.strategy.needs_features:
+            if features is None:
+                raise ValueError(f"{self.strategy.name} needs the features of each batch: "
+                                 "iter_predict_mc(..., features='penultimate' or a callable)")
+            if _n_rows(features) != len(scores):
+                raise ValueError(f"features have {_n_rows(features)} rows, the batch {len(scores)}")
+            feats = features.detach().float().reshape(len(scores), -1) if isinstance(features, torch.Tensor) \
+                else torch.as_tensor(np.asarray(features, dtype=np.float32).reshape(len(scores), -1))
+            rows = feats if probs is None else torch.cat([feats, mean.to(feats.device, torch.float32)], 1)
+            self._width = (feats.shape[1], 0 if probs is None else mean.shape[1])
+            if self._kept is not None:
+                self._kept.update(-gumbel_noise(self._noise_seed, positions), positions, rows)
+            else:
+                self._all_rows.append(rows.cpu().numpy())
         self._scores.append(scores)
         self.n += len(scores)
         return scores
 
+    def _candidates(self) -> dict:
+        """The kept candidates as ScoredPool fields."""
+        if self._kept is not None:
+            positions, rows, _ = self._kept.candidates(len(self._kept.rows))
+        else:
+            positions = np.arange(self.n, dtype=np.int64)
+            rows = np.concatenate(self._all_rows) if self._all_rows else None
+        d, c = self._width or (0, 0)
+        if rows is None:
+            return {"candidate_positions": positions, "features": np.empty((0, d), np.float32),
+                    "candidate_probs": np.empty((0, c), np.float32) if c else None}
+        return {"candidate_positions": positions, "features": rows[:, :d],
+                "candidate_probs": rows[:, d:] if c else None}
+
     def result(self) -> ScoredPool:
         scores = np.concatenate(self._scores) if self._scores else np.empty(0)
+        extra = {"n_classes": self.n_classes}
+        if self._predicted is not None:
+            extra["predicted"] = np.concatenate(self._predicted) if self._predicted else np.empty(0, np.int64)
+        if self.strategy.needs_features:
+            extra.update(self._candidates())
         if self._best is None:
-            return ScoredPool(scores)
+            return ScoredPool(scores, **extra)
         m = self.strategy.candidate_count(min(self.k, self.n), self.n)
         positions, joint, _ = self._best.candidates(m)
-        return ScoredPool(scores, positions, joint)
+        return ScoredPool(scores, positions, joint, **extra)
+
+
+def _mean_probs(probs) -> torch.Tensor:
+    """MC-mean probabilities ``[B, C]`` of a batch (extra dims averaged; binary → two classes)."""
+    p = probs if isinstance(probs, torch.Tensor) else torch.as_tensor(np.asarray(probs))
+    p = p.detach().float()
+    mean = p.mean(-1)
+    if mean.ndim > 2:
+        mean = mean.flatten(2).mean(-1)
+    return torch.cat([1 - mean, mean], 1) if mean.shape[1] == 1 else mean
 
 
 def merge_scored_pools(parts: Sequence[ScoredPool], strategy: Strategy, k: int) -> ScoredPool:
@@ -575,8 +716,17 @@ def merge_scored_pools(parts: Sequence[ScoredPool], strategy: Strategy, k: int) 
     whole pool with one :class:`PoolScorer`.
     """
     scores = np.concatenate([p.scores for p in parts]) if parts else np.empty(0)
+    if strategy.needs_features:
+        raise ValueError(f"{strategy.name} keeps a subsample of candidates per pool: score the pool in one "
+                         "PoolScorer (sharded scoring does not support it)")
+    extra = {}
+    if strategy.needs_predicted:
+        if any(p.predicted is None for p in parts):
+            raise ValueError(f"a shard was scored without the predicted classes {strategy.name} needs")
+        extra = {"predicted": np.concatenate([p.predicted for p in parts]) if parts else np.empty(0, np.int64),
+                 "n_classes": max((p.n_classes or 0 for p in parts), default=0) or None}
     if not strategy.needs_joint:
-        return ScoredPool(scores)
+        return ScoredPool(scores, **extra)
     positions = strategy.joint_candidates(scores, min(k, len(scores)))
     rows: dict[int, np.ndarray] = {}
     offset = 0
@@ -590,7 +740,7 @@ def merge_scored_pools(parts: Sequence[ScoredPool], strategy: Strategy, k: int) 
     if missing:
         raise ValueError(f"shards lack the probs of candidates {missing[:5]}: score them with k >= {k}")
     joint = np.stack([rows[p] for p in positions.tolist()]) if len(positions) else None
-    return ScoredPool(scores, positions, joint)
+    return ScoredPool(scores, positions, joint, **extra)
 
 
 # --- registry -----------------------------------------------------------------------------------
@@ -604,6 +754,11 @@ def _sampling(name: str, heuristic: str, sampler: str) -> Callable[..., Strategy
     return lambda **params: SamplingStrategy(name=name, heuristic=heuristic, sampler=sampler, **params)
 
 
+#: The strategies of :mod:`al_lib.embedding_strategies`: they need features, the labelled set or a
+#: target set besides the pool's scores, which ``acquire`` and ``simulate`` provide and the
+#: pipeline's score/query steps do not (yet).
+EMBEDDING_STRATEGIES = ("badge", "coreset", "typiclust", "probcover", "epig", "class_balanced")
+
 #: Strategy factories by name: ``STRATEGIES[name](**params) -> Strategy``.
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     **{name: _top(name) for name in ("bald", "entropy", "margin", "least_confidence", "variation_ratio", "mean_std")},
@@ -613,7 +768,16 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "softmax_bald": _sampling("softmax_bald", "bald", "softmax"),
     "softrank_bald": _sampling("softrank_bald", "bald", "softrank"),
     "batch_bald": lambda **params: BatchBALDStrategy(**params),
+    **{name: (lambda name: lambda **params: _embedding(name)(**params))(name) for name in EMBEDDING_STRATEGIES},
 }
+
+
+def _embedding(name: str):
+    """The strategy class of :mod:`al_lib.embedding_strategies` called ``name`` (imported on use)."""
+    from al_lib import embedding_strategies as E
+
+    return {"badge": E.BADGEStrategy, "coreset": E.CoreSetStrategy, "typiclust": E.TypiClustStrategy,
+            "probcover": E.ProbCoverStrategy, "epig": E.EPIGStrategy, "class_balanced": E.ClassBalancedStrategy}[name]
 
 
 def available_strategies() -> list[str]:

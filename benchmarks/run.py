@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from benchmarks import _util  # noqa: E402
 
-GROUPS = ["mc_scoring", "memory_scaling", "batch_bald", "heuristics_1m", "round_overhead"]
+GROUPS = ["mc_scoring", "memory_scaling", "batch_bald", "heuristics_1m", "round_overhead", "embedding_strategies"]
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 

@@ -36,7 +36,8 @@ def test_shape_probabilities_and_modes_restored():
 
 def test_tiled_pass_equals_t_separate_passes():
     """Tiling the batch must give the same distribution as T separate passes: same masks → same numbers."""
-    m = nn.Sequential(nn.Linear(4, 3))  # deterministic: every sample equals the plain forward
+    # p=0 MC dropout: an MC layer (so the no-stochastic-layer guard is off) that draws nothing random
+    m = patch_module(nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.0)))  # every sample equals the plain forward
     x = torch.randn(5, 4)
     probs = predict_mc(m, x, iterations=4, progress=False)
     for t in range(4):

@@ -69,7 +69,8 @@ def chunks(probs, size):
 
 
 def test_registry_names_flags_and_parameters():
-    assert available_strategies() == sorted(NAMES)
+    # + the embedding strategies, tested in tests/test_embedding_strategies.py
+    assert available_strategies() == sorted(NAMES + ["badge", "class_balanced", "coreset", "epig", "probcover", "typiclust"])
     strategies = {name: get_strategy(name) for name in NAMES}
     assert all(isinstance(s, Strategy) and s.name == name for name, s in strategies.items())
     assert [n for n, s in strategies.items() if s.needs_joint] == ["batch_bald"]

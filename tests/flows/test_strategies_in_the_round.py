@@ -16,12 +16,12 @@ import yaml
 
 from al_lib import heuristics
 from al_lib.inference import predict_mc
-from al_lib.strategies import available_strategies
+from al_lib.strategies import EMBEDDING_STRATEGIES, available_strategies
 from flows.round import al_round
 from tasks.datasets import load_workspace_data
 from tasks.seeds import round_seed
 from tasks.train import load_workspace_model
-from tasks.workspace import Workspace
+from tasks.workspace import ParamsError, Workspace, parse_params
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 PER_SAMPLE = {"bald": "bald", "entropy": "entropy", "margin": "margin", "least_confidence": "least_confidence",
@@ -45,11 +45,21 @@ def _copy(ws: Workspace, dst) -> Workspace:
     return Workspace(dst)
 
 
+#: What a workspace round runs: the embedding strategies need features / a labelled or target set.
+ROUND_STRATEGIES = sorted(set(available_strategies()) - set(EMBEDDING_STRATEGIES))
+
+
 def test_every_strategy_is_covered():
-    assert set(PER_SAMPLE) | {"random", "batch_bald"} == set(available_strategies())
+    assert set(PER_SAMPLE) | {"random", "batch_bald"} == set(ROUND_STRATEGIES)
 
 
-@pytest.mark.parametrize("strategy", sorted(available_strategies()))
+@pytest.mark.parametrize("strategy", EMBEDDING_STRATEGIES)
+def test_embedding_strategies_are_refused_by_params_yaml(strategy, tmp_path):
+    with pytest.raises(ParamsError, match="not yet in a workspace round"):
+        parse_params({"classes": ["a", "b"], "heuristic": strategy}, tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("strategy", ROUND_STRATEGIES)
 def test_each_strategy_exports_its_own_scores(trained, strategy, tmp_path):
     ws = _copy(trained, tmp_path / "ws")
     params = yaml.safe_load(ws.path("params.yaml").read_text())
@@ -85,7 +95,7 @@ def test_each_strategy_exports_its_own_scores(trained, strategy, tmp_path):
 def _mc_probs(ws: Workspace, ids: list[str]) -> np.ndarray:
     """The round-0 model's MC probabilities of ``ids``, with the score step's seed."""
     params = ws.params()
-    pool = load_workspace_data(ws, params).state.pool
+    pool = load_workspace_data(ws, ws.inputs()).state.pool
     where = {sid: i for i, sid in enumerate(pool.ids)}
     subset = torch_subset(pool, [where[i] for i in ids])
     return predict_mc(load_workspace_model(ws, params), subset, iterations=params.mc_iterations,
