@@ -3,7 +3,7 @@
 Everything is checked before anything changes: the folder is flat (class subfolders are refused:
 the pool's new images are unlabelled, their labels come back through ``al import-labels``), no id
 is in the manifest already, no destination file is taken, and every image decodes completely
-(:func:`tasks.validation.check_images`). Then, under the workspace lock, the new files are copied
+(:func:`tasks.create.check_sources`: no symlinks either). Then, under the workspace lock, the new files are copied
 into ``data/pool/images/`` (ids and paths follow `al init`'s rules, :func:`tasks.create.pool_image_path`;
 files already there are never copied again), DVC re-tracks the folder (``dvc add`` hashes only
 the new files), the rows are appended to ``data/pool/manifest.csv``, and manifest +
@@ -24,9 +24,8 @@ import pandas as pd
 
 from al_lib.data import ImageFolderDataset
 from tasks import dvc_repo, git_repo
-from tasks.create import copy_into_pool, pool_image_path
+from tasks.create import check_sources, copy_into_pool, pool_image_path
 from tasks.lock import workspace_lock
-from tasks.validation import check_images
 from tasks.workspace import IMAGES_DIR, MANIFEST, Workspace, write_file
 
 logger = logging.getLogger(__name__)
@@ -92,9 +91,10 @@ def add_images(
     Raises
     ------
     AddImagesError
-        Class subfolders, an id already in the manifest, a destination taken by another file, an
-        image that does not decode, or a pool folder not tracked by ``images.dvc``. Nothing is
-        changed.
+        Class subfolders, an id already in the manifest, a destination taken by another file, a
+        pool folder not tracked by ``images.dvc``, or what :func:`tasks.create.check_sources`
+        refuses (a symlink, two new images landing on one pool file, an image that does not
+        decode). Nothing is changed.
     FileNotFoundError
         ``workspace`` has no pool manifest, or ``images`` is not a folder.
     """
@@ -114,7 +114,7 @@ def add_images(
         manifest = pd.read_csv(io.StringIO(manifest_text), dtype=str, keep_default_na=False)
         new = _new_images(source)
         present = _refuse_clashes(new, manifest, ws)
-        _refuse_undecodable(new, image_cache)
+        check_sources(new, source, image_cache=image_cache, error=AddImagesError)  # links, collisions, decoding
         commit = _add(ws, new, present, manifest, manifest_text, split, source)
     logger.info("added %d images from %s to %s (%d in the pool)", len(new), source, ws.root,
                 len(manifest) + len(new))
@@ -153,19 +153,8 @@ def _refuse_clashes(new: pd.DataFrame, manifest: pd.DataFrame, ws: Workspace) ->
                 problems.append(f"{src}: its destination {path} exists (not in {MANIFEST}) with other content")
             else:
                 present.add(path)
-    for path in new.loc[new["path"].duplicated(), "path"]:
-        problems.append(f"two new images would both be {path}")
     _refuse(problems, "ids or files clash")
     return present
-
-
-def _refuse_undecodable(new: pd.DataFrame, image_cache: str | os.PathLike | None) -> None:
-    """Decode every new image completely before anything is copied."""
-    checks = check_images(new["src"].tolist(), cache=image_cache)
-    problems = [f"{src}: id {sid!r} " + ("is no readable file" if facts is None else f"does not decode ({facts.error})")
-                for sid, src, facts in zip(new["id"], new["src"], checks.facts)
-                if facts is None or not facts.decodes]
-    _refuse(problems, "images do not decode")
 
 
 def _refuse(problems: list[str], what: str) -> None:

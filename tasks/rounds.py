@@ -142,3 +142,18 @@ def labels_to_train_on(ws: Workspace, labels=None) -> int:
         raise ValueError(f"{ws.path(LABELS)}: no label to train on yet — put annotations in data/inbox/ "
                          "(`al import-labels`), or run `al simulate` on a workspace made with --labels oracle")
     return n
+
+
+def pool_left_to_query(ws: Workspace, labels=None) -> int:
+    """The number of pool images a round can still query: in the manifest, not held out and not
+    labelled in ``labels`` (default data/labels.csv); ValueError (before anything runs) when none."""
+    labelled = set((ws.labels() if labels is None else labels)["id"])
+    ids = ws.manifest()["id"]
+    held_out = ws.held_out_ids()
+    n = int((~ids.isin(held_out) & ~ids.isin(labelled)).sum())
+    if n == 0:
+        raise ValueError(f"{ws.path(MANIFEST)}: the pool is exhausted — every one of its {len(ids) - len(held_out)} "
+                         f"queryable images is labelled ({ws.path(LABELS)} and the inbox): add images with "
+                         "`al add-images` before the next round")
+    return n
+

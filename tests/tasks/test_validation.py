@@ -74,7 +74,7 @@ def test_clean_workspace_passes_and_leaves_no_trace(workspace, monkeypatch):
     assert report.failures.empty and list(report.failures.columns) == ["file", "row", "field", "value", "check"]
     stats = report.statistics
     assert (stats["n_manifest"], stats["n_labels"], stats["class_counts"]) == (4, 3, {"cat": 2, "dog": 1})
-    assert stats["n_expectations"] == 19 and stats["n_failed_expectations"] == 0
+    assert stats["n_expectations"] == 20 and stats["n_failed_expectations"] == 0
     assert report.docs_path is None
     assert report.summary() == ("validation passed: 4 manifest rows, 3 labels, %d expectations met "
                                 "[images: 4 checked, 0 remembered]" % stats["n_expectations"])
