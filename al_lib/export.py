@@ -28,8 +28,10 @@ from al_lib.data.active_dataset import _check_classes, _check_round
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QUERY_COLUMNS", "label_studio_config", "label_studio_tasks", "query_frame", "write_queries"]
+__all__ = ["LOCAL_FILES_URL", "QUERY_COLUMNS", "label_studio_config", "label_studio_tasks", "query_frame", "write_queries"]
 
+#: Label Studio serves a file under its local-files document root at this URL + the quoted relative path.
+LOCAL_FILES_URL = "/data/local-files/?d="
 #: Columns of the query table (``data/queries/round-N.csv``).
 QUERY_COLUMNS = ("id", "rank", "score", "predicted_label", "predicted_prob")
 _PROB_DECIMALS = 6
@@ -116,7 +118,7 @@ def label_studio_tasks(
     queries: pd.DataFrame,
     image_paths: Mapping[Any, str],
     *,
-    image_url_prefix: str = "/data/local-files/?d=",
+    image_url_prefix: str = LOCAL_FILES_URL,
     from_name: str = "label",
     to_name: str = "image",
     model_version: str = "round-0",
