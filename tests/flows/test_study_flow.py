@@ -1,0 +1,106 @@
+"""`al study` through Prefect: cells as tasks, records as files, resume, report."""
+
+import json
+import time
+
+import pytest
+
+from al_lib.study import EXPERIMENTS, read_records
+from flows.cli import main
+from flows.study import al_study, study_cells
+
+
+def test_an_experiment_runs_as_tasks_resumes_and_reports(prefect_api, tmp_path):
+    out = tmp_path / "study"
+    first = al_study("pool_size", dataset="digits", quick=True, out=str(out))
+    expected = study_cells("pool_size", dataset="digits", quick=True)
+    assert first["cells"] == first["ran"] == len(expected) == 4 and first["skipped"] == 0
+    files = sorted((out / "cells").glob("*.json"))
+    assert [f.stem for f in files] == sorted(c.key() for c in expected)
+
+    # A cell's file: its full config and one row per round, labels growing by the query size,
+    # the share of the pool it scored.
+    cell = next(c for c in expected if c.condition == "pool=25%")
+    record = json.loads((out / "cells" / f"{cell.key()}.json").read_text())
+    assert record["config"] == cell.config() and record["key"] == cell.key()
+    rows = record["rows"]
+    assert [r["n_labelled"] for r in rows] == [20, 30, 40, 50]
+    assert rows[0]["n_scored"] == 195  # 25 % of the 780 unlabelled images
+    assert all(0 <= r["accuracy"] <= 1 and r["nll"] > 0 and r["minority_f1"] is None for r in rows)
+
+    # Resume: a second run finds every record and runs nothing; a lost record is recomputed alone.
+    assert al_study("pool_size", dataset="digits", quick=True, out=str(out))["ran"] == 0
+    (out / "cells" / f"{cell.key()}.json").unlink()
+    again = al_study("pool_size", dataset="digits", quick=True, out=str(out))
+    assert again["ran"] == 1 and [r["key"] for r in again["results"]] == [cell.key()]
+    assert [r["ran"] for r in json.loads((out / "runs.json").read_text())] == [4, 0, 1]
+
+    # The report, from the stored cells only (through the CLI): the other experiments are missing.
+    report = tmp_path / "report.md"
+    assert main(["study", "report", "--out", str(out), "--to", str(report)]) == 0
+    text = report.read_text()
+    assert "Quick run only" in text and "| finished (UTC) | experiment | cells run |" in text
+    assert "4 of 4 cells recorded." in text and "Not run yet (0 of 3 cells)." in text
+    assert "| 25 % |" in text and "**Finding.** Scoring" in text
+    assert (tmp_path / "report" / "pool_size_speedup.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_the_whole_quick_study(prefect_api, tmp_path):
+    """`al study all --quick`: every experiment, then the report of all of them (about a minute of
+    cells on 2 quiet cores; docs/study.md records the time measured)."""
+    out = tmp_path / "study"
+    start = time.perf_counter()
+    result = al_study("all", dataset="digits", quick=True, out=str(out))
+    seconds = time.perf_counter() - start
+    expected = study_cells("all", dataset="digits", quick=True)
+    # The baseline's runs are also noise λ=0, converged, Q=10, Δ=0 and (quick) label efficiency's.
+    assert result["ran"] + result["reused"] == len(expected) and result["reused"] == 13
+    assert {r["config"]["experiment"] for r in read_records(out / "cells")} == set(EXPERIMENTS)
+    cell = next(c for c in expected if c.experiment == "imbalance" and c.condition == "delta=3")
+    record = json.loads((out / "cells" / f"{cell.key()}.json").read_text())
+    assert len(record["minority_classes"]) == 3 and all(0 <= r["minority_f1"] <= 1 for r in record["rows"])
+    assert al_study("all", dataset="digits", quick=True, out=str(out))["ran"] == 0
+
+    report = tmp_path / "report.md"
+    assert main(["study", "report", "--out", str(out), "--to", str(report)]) == 0
+    text = report.read_text()
+    for name in ("Baseline", "Noise", "Convergence", "Query size", "Pool size", "Imbalance", "Label efficiency"):
+        assert f"## {name}" in text
+    assert text.count("**Finding.**") == len(EXPERIMENTS) and "incomplete" not in text
+    for png in ("baseline_accuracy", "baseline_nll", "convergence_active_gain", "pool_size_speedup",
+                "imbalance_minority_f1", "label_efficiency_accuracy"):
+        assert (tmp_path / "report" / f"{png}.png").stat().st_size > 5000
+    print(f"quick study: {len(expected)} cells in {seconds:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_cells_on_dask_give_the_records_of_a_serial_run(prefect_api, tmp_path):
+    serial, parallel = tmp_path / "serial", tmp_path / "dask"
+    al_study("query_size", dataset="digits", quick=True, out=str(serial))
+    result = al_study("query_size", dataset="digits", quick=True, out=str(parallel), workers=2)
+    assert result["ran"] == 6
+    for a in sorted((serial / "cells").glob("*.json")):
+        rows_a = json.loads(a.read_text())["rows"]
+        rows_b = json.loads((parallel / "cells" / a.name).read_text())["rows"]
+        assert [(r["n_labelled"], r["accuracy"], r["nll"]) for r in rows_a] == \
+            [(r["n_labelled"], r["accuracy"], r["nll"]) for r in rows_b]
+
+
+@pytest.mark.slow
+def test_a_workspace_is_a_study_source(make_workspace):
+    """The workspace's oracle truth is the pool's labels, its held-out split the test set, its
+    params' model and training the study's."""
+    from al_lib.study import Cell, experiments, run_cell
+    from flows.study import load_study_source
+
+    ws = make_workspace(holdout=20)
+    source = load_study_source(str(ws.root))
+    assert len(source.test) == 20 and len(source.pool) == 130 and source.classes == ["0", "1", "2"]
+    assert source.fit_defaults["max_epochs"] == 3  # the workspace's params.yaml training section
+    settings = {**experiments(quick=True)["baseline"].settings, "rounds": 1, "pool_limit": None,
+                "fit_kwargs": {"max_epochs": 2}}
+    record = run_cell(Cell("baseline", "standard", "bald", 0, str(ws.root), True, settings), source, device="cpu")
+    assert record["test_size"] == 20 and record["rows"][0]["n_labelled"] == 20

@@ -1,0 +1,81 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from al_lib.study import cells, experiments, write_record
+from al_lib.study_report import labels_to_reach, records_frame, write_report
+
+
+def _record(cell, accuracy, nll, minority=None, seconds_score=0.5):
+    rows = [{"round": i, "n_labelled": n, "accuracy": a, "nll": l, "ece": 0.1, "macro_f1": a,
+             "minority_f1": minority, "n_noisy_labels": 0, "epochs": 5, "seconds_train": 1.0,
+             "seconds_eval": 0.1, "seconds_score": seconds_score, "n_scored": 100}
+            for i, (n, a, l) in enumerate(zip(range(20, 20 + 10 * len(accuracy), 10), accuracy, nll))]
+    return {"key": cell.key(), "config": cell.config(), "rows": rows, "minority_classes": [],
+            "pool_size": 1000, "test_size": 300, "seconds": 2.0, "device": "cpu"}
+
+
+def test_report_tables_findings_and_incomplete_sets(tmp_path):
+    """Two seeds of the baseline (BALD better than Random) and one label-efficiency cell set."""
+    folder = tmp_path / "cells"
+    baseline = cells(experiments(quick=True, seeds=2)["baseline"], dataset="digits", quick=True)
+    for c in baseline:
+        good = c.strategy != "random"
+        acc = [0.5, 0.7, 0.8, 0.9] if good else [0.5, 0.6, 0.65, 0.7]
+        nll = [1.5, 1.0, 0.7, 0.4 + 0.02 * c.seed] if good else [1.5, 1.2, 1.1, 1.0 + 0.02 * c.seed]
+        write_record(folder, _record(c, acc, nll))
+    out = write_report(folder, tmp_path / "report.md")
+    text = out.read_text()
+    assert "**Quick run only**" in text
+    # mean ± std over the two seeds at the last budget (50 labels): 0.41 ± 0.014
+    assert "| standard | BALD | " in text and "0.410 ± 0.014" in text
+    assert "6 of 6 cells recorded." in text  # the 2 seeds found are the expected set
+    assert "At 50 labels BALD's test NLL is 0.410 against Random's 1.010 (+0.600): this agrees" in text
+    assert "## Noise" in text and "Not run yet (0 of 18 cells)" in text
+    assert (tmp_path / "report" / "baseline_accuracy.png").stat().st_size > 5000
+    assert "](report/baseline_accuracy.png)" in text
+
+
+def test_label_efficiency_medians_and_the_papers_ordering(tmp_path):
+    folder = tmp_path / "cells"
+    efficiency = cells(experiments(quick=True)["label_efficiency"], dataset="digits", quick=True)
+    curves = {"batch_bald": [0.5, 0.91, 0.96, 0.97], "bald": [0.5, 0.85, 0.92, 0.96],
+              "entropy": [0.5, 0.8, 0.9, 0.93], "variation_ratio": [0.5, 0.8, 0.9, 0.95],
+              "random": [0.5, 0.6, 0.7, 0.8]}
+    for c in efficiency:
+        write_record(folder, _record(c, curves[c.strategy], [1.0] * 4))
+    text = write_report(folder, tmp_path / "r.md").read_text()
+    assert "| BatchBALD | 30 [30, 30] | 40 [40, 40] | 105 / 225 (BatchBALD paper, batch 10) |" in text
+    assert "| Random | > 50 (0 of 1 seeds reached it) |" in text
+    assert "To 90%: BatchBALD 30 (papers 105), BALD 40 (papers 145), Random >50 (papers 255) — the papers' " \
+           "ordering BatchBALD ≤ BALD < Random holds here." in text
+
+
+def test_labels_to_reach():
+    frame = pd.DataFrame({"strategy": ["a"] * 3 + ["b"] * 3, "seed": [0] * 6, "n_labelled": [10, 20, 30] * 2,
+                          "accuracy": [0.5, 0.91, 0.95, 0.1, 0.2, 0.3]})
+    reach = labels_to_reach(frame, 0.9)
+    assert reach[("a", 0)] == 20 and np.isnan(reach[("b", 0)])
+
+
+def test_an_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no study cell records"):
+        write_report(tmp_path, tmp_path / "r.md")
+    assert records_frame([]).empty
+
+
+def test_a_users_data_gets_a_recommendation(tmp_path):
+    folder = tmp_path / "cells"
+    scale = experiments(quick=True)
+    for name in ("baseline", "query_size", "pool_size"):
+        for c in cells(scale[name], dataset="/data/my-workspace", quick=True):
+            better = c.strategy == "entropy" or (name == "query_size" and c.condition == "Q=15")
+            pool = {"pool=10%": 0.5, "pool=25%": 0.795, "pool=50%": 0.8, "pool=100%": 0.8}.get(c.condition, 0.8)
+            write_record(folder, _record(c, [0.5, 0.6, 0.7, pool], [1.5, 1.2, 1.0, 0.5 if better else 0.52],
+                                         seconds_score={"pool=10%": 0.1, "pool=25%": 0.25}.get(c.condition, 1.0)))
+    text = write_report(folder, tmp_path / "r.md").read_text()
+    assert "## What to use on this data" in text
+    assert "- **Strategy: Entropy** — the lowest test NLL at 50 labels in the baseline (Entropy 0.500" in text
+    assert "- **Query size: 30**" in text  # all within 5 % of the best: the largest is chosen
+    assert "- **pool_subsample: 25% of the pool**" in text
+    assert "rerun without `--quick`" in text
