@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -71,6 +72,7 @@ def simulate(
     test_set: Dataset,
     strategy: str | Strategy = "bald",
     initial_labels: int = 20,
+    initial_ids=None,
     query_size: int = 10,
     rounds: int = 10,
     iterations: int = 20,
@@ -106,6 +108,9 @@ def simulate(
         queries are chosen by :func:`al_lib.acquisition.acquire`, as the pipeline chooses them.
     initial_labels : int
         B, labelled uniformly at random before round 0.
+    initial_ids : array-like of dataset positions, optional
+        Label exactly these before round 0 instead of drawing ``initial_labels`` (a reference
+        arm that starts where another run started, e.g. a workspace's first labels).
     pool_subsample : int, float or None
         Score only this many (int) or this fraction (float) of the pool, drawn afresh each round.
     label_noise : float
@@ -117,7 +122,10 @@ def simulate(
     -------
     DataFrame
         One row per round: round, n_labelled, n_noisy_labels, accuracy, nll, ece, macro_f1,
+        per_class_f1 (list of C floats),
         epochs, seconds_train, seconds_eval, seconds_score, queried_ids (list).
+        ``attrs["initial_ids"]``: the ids labelled before round 0 (the same for every strategy
+        run with the same ``seed``: they are the first draw).
     """
     device = resolve_device(device)
     strategy = get_strategy(strategy)
@@ -127,11 +135,12 @@ def simulate(
     test_targets = _targets(test_set)
     oracle = NoisyOracle(targets, n_classes, noise=label_noise, seed=rng)
     state = ActiveLearningDataset(dataset, classes=n_classes)
-    model = _mc_model(model_factory(), consistent=strategy.needs_joint)
+    model = _mc_model(model_factory(), consistent=strategy.needs_consistent_samples)
     initial = snapshot_state(model)
     fit_kwargs = {"progress": False, **(fit_kwargs or {})}
 
-    first = rng.choice(state.pool_ids, size=initial_labels, replace=False)
+    first = (np.asarray(initial_ids, dtype=np.int64) if initial_ids is not None
+             else rng.choice(state.pool_ids, size=initial_labels, replace=False))
     state.label(first, oracle(first), round=0, source="oracle")
     rows = []
     for r in tqdm(range(rounds), desc=f"simulate {strategy.name}", disable=not progress):
@@ -144,7 +153,7 @@ def simulate(
                            seed=int(rng.integers(2**31)), progress=False)
         metrics = evaluate(probs, test_targets)
         t2 = time.perf_counter()
-        row.update({k: metrics[k] for k in ("accuracy", "nll", "ece", "macro_f1")})
+        row.update({k: metrics[k] for k in ("accuracy", "nll", "ece", "macro_f1", "per_class_f1")})
         row.update(epochs=result.epochs_run, seconds_train=t1 - t0, seconds_eval=t2 - t1)
         queried: list = []
         if r < rounds - 1 and state.n_pool > 0:
@@ -153,14 +162,57 @@ def simulate(
             k = min(query_size, len(candidates))
             picks, _ = acquire(model, Subset(pool, candidates), strategy, k, iterations=iterations,
                                batch_size=batch_size, device=device, seed=int(rng.integers(2**31)),
-                               progress=False)
+                               progress=False, labelled=state.labelled if strategy.needs_labelled else None)
             queried = pool.ids[candidates[picks]].tolist()
             state.label(queried, oracle(queried), round=r + 1, source="oracle")
         row.update(seconds_score=time.perf_counter() - t2, queried_ids=queried)
         logger.info("%s round %d: %d labels, accuracy %.4f, nll %.4f", strategy.name, r,
                     row["n_labelled"], row["accuracy"], row["nll"])
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame.attrs["initial_ids"] = first.tolist()
+    return frame
+
+
+def simulate_with_baseline(
+    dataset: Dataset,
+    model_factory: Callable[[], nn.Module],
+    *,
+    strategy: str | Strategy = "bald",
+    baseline: str | Strategy = "random",
+    **kwargs,
+) -> pd.DataFrame:
+    """:func:`simulate` ``strategy`` and a reference arm acquiring with ``baseline`` (random
+    acquisition by default) under the same conditions: the same ``seed`` (so the same initial
+    labels and per-round training seeds), the same initial weights (``model_factory`` is called
+    once and each arm starts from a copy), the same budget, pool subsample size and training.
+
+    Parameters
+    ----------
+    dataset, model_factory, **kwargs
+        As for :func:`simulate` (``test_set`` required).
+    strategy, baseline : str or Strategy
+        The arm under study and the reference arm; they must differ.
+
+    Returns
+    -------
+    DataFrame
+        Both arms' rows (those of :func:`simulate`), the studied arm first, with a ``strategy``
+        column holding each arm's name: ready for
+        ``plot_learning_curves(dict(tuple(frame.groupby("strategy"))), reference=baseline_name)``.
+        ``attrs["initial_ids"]``: the initial labels both arms started from.
+    """
+    arms = [get_strategy(strategy), get_strategy(baseline)]
+    if arms[0].name == arms[1].name:
+        raise ValueError(f"the baseline must differ from the strategy studied, both are {arms[0].name!r}")
+    model = model_factory()
+    frames = [simulate(dataset, lambda: copy.deepcopy(model), strategy=arm, **kwargs).assign(strategy=arm.name)
+              for arm in arms]
+    if frames[0].attrs["initial_ids"] != frames[1].attrs["initial_ids"]:  # same seed: cannot differ
+        raise RuntimeError("the two arms started from different initial labels")
+    both = pd.concat(frames, ignore_index=True)
+    both.attrs["initial_ids"] = frames[0].attrs["initial_ids"]
+    return both
 
 
 def _mc_model(model: nn.Module, *, consistent: bool) -> nn.Module:

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path, nargs="?", default=Path("."))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device")
+    p.add_argument("--baseline", metavar="STRATEGY",
+                   help="then replay the study with this reference acquisition (random) from the same start "
+                        "and plot both learning curves (needs held-out test labels)")
     _add_dask_options(p)
 
     p = sub.add_parser("status", help="rounds, labels per class, metrics per round, pending annotations")
@@ -90,7 +93,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path, nargs="?", default=Path("."))
     p.add_argument("--cron", default="0 * * * *", help="cron schedule (default: hourly)")
     p.add_argument("--name", default="al-round-scheduled")
+
+    p = sub.add_parser("server", help="start a long-lived local Prefect server (UI + API) for `al` commands")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=4200, help="port of the UI and API (default: 4200)")
+
+    p = sub.add_parser("labelstudio", help="push the round's queries to Label Studio, pull the answers back",
+                       description="Token and server from the environment: LABEL_STUDIO_API_KEY, LABEL_STUDIO_URL "
+                                   "(default http://localhost:8080), LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (when "
+                                   "the server's document root is not the workspace). See docs/pipeline.md.")
+    p.add_argument("action", choices=("push", "pull", "config"),
+                   help="push: create/update the project and add the round's tasks; pull: annotations into the "
+                        "inbox (disagreements held back); config: print the labelling config")
+    p.add_argument("path", type=Path, nargs="?", default=Path("."))
+    p.add_argument("--round", type=int, help="push: the round whose queries to push (default: the current one)")
+    p.add_argument("--title", help="project title (default: 'al <workspace folder name>')")
+    _add_study_parser(sub)
     return parser
+
+
+def _add_study_parser(sub) -> None:
+    from al_lib.study import EXPERIMENTS
+
+    p = sub.add_parser("study", help="run the systematic study (resumable), or write its report",
+                       description="Run one experiment of the seed's study, or all, as a Prefect flow: one task "
+                                   "and one result file per cell under OUT/cells; a rerun skips recorded cells. "
+                                   "`al study report` writes the Markdown report from the recorded cells.")
+    p.add_argument("experiment", choices=(*EXPERIMENTS, "all", "report"), help="an experiment, all, or report")
+    p.add_argument("--dataset", default="mnist",
+                   help="mnist, digits, a workspace, a folder of images in class subfolders or a manifest CSV")
+    p.add_argument("--quick", action="store_true", help="1 seed, tiny budgets (seconds per cell)")
+    p.add_argument("--seeds", type=int, help="number of seeds (default: 5, quick: 1)")
+    p.add_argument("--out", type=Path, help="study folder (default: studies/<dataset>[-quick])")
+    p.add_argument("--to", type=Path, help="report: the Markdown file (default: docs/study.md for mnist, "
+                                           "else OUT/study.md)")
+    p.add_argument("--device", help="cuda or cpu (default: CUDA when present)")
+    p.add_argument("--threads", type=int, help="torch threads per cell (default: 1 when quick or on Dask)")
+    _add_dask_options(p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     for noisy in ("httpx", "httpcore", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command in PREFECT_COMMANDS:
+        from flows.server import use_recorded_server
+
+        if url := use_recorded_server():  # a running `al server`: no ephemeral server to start
+            print(f"al {args.command}: using the Prefect server at {url} (al server)", file=sys.stderr)
     try:
         return COMMANDS[args.command](args) or EXIT_OK
     except Exception as err:  # noqa: BLE001 — map every failure to a documented exit code
@@ -149,7 +193,7 @@ def _precheck(path: Path, *, simulate: bool = False, allow_empty: bool = False, 
     """
     from tasks.ingest import check_inbox
     from tasks.oracle import oracle_truth
-    from tasks.rounds import labels_to_train_on, plan_round
+    from tasks.rounds import labels_to_train_on, plan_round, pool_left_to_query
     from tasks.workspace import Workspace
 
     ws = Workspace(path)
@@ -161,6 +205,7 @@ def _precheck(path: Path, *, simulate: bool = False, allow_empty: bool = False, 
     if plan.action in ("start", "resume"):
         labels = check_inbox(ws, round=plan.round)[0] if ws.inbox_files() else None
         labels_to_train_on(ws, labels)
+        pool_left_to_query(ws, labels)
     return plan
 
 
@@ -181,9 +226,19 @@ def cmd_simulate(args) -> int:
     from flows.round import al_simulate
 
     _precheck(args.path, simulate=True)
+    if args.baseline:
+        from tasks.baseline import check_baseline
+        from tasks.workspace import Workspace
+
+        check_baseline(Workspace(args.path), args.baseline)
     for result in al_simulate(str(args.path), rounds=args.rounds, device=args.device, workers=args.workers,
-                              dask_address=args.dask_address):
-        _print_round(result)
+                              dask_address=args.dask_address, baseline=args.baseline):
+        if "baseline" in result:
+            accuracy = ", ".join(f"{r['test_accuracy']:.4f}" for r in result["rows"])
+            print(f"{result['baseline']} reference, {result['rounds']} rounds: test accuracy {accuracy}; "
+                  f"learning curves of both in {result['plot']}")
+        else:
+            _print_round(result)
     return cmd_status(args)
 
 
@@ -240,27 +295,33 @@ def cmd_status(args) -> int:
 
 
 def cmd_import_labels(args) -> int:
-    """Check each file completely first; copy them into the inbox only when all are valid."""
-    from al_lib.annotations import read_annotations
-    from tasks.workspace import INBOX, Workspace
+    """Check each file completely first — with the labels and the files already waiting, as the
+    next round will merge them — and copy them into the inbox only when all are valid and bring
+    at least one new label."""
+    from tasks.ingest import check_inbox
+    from tasks.rounds import round_state
+    from tasks.workspace import INBOX, LABELS, Workspace
 
     ws = Workspace(args.path)
-    params = ws.params()
-    known = set(ws.manifest()["id"])
-    frames = [read_annotations(f, known_ids=known, classes=params.classes) for f in args.files]
     inbox = ws.path(INBOX)
     names = [f.name for f in args.files]
     clashes = sorted({n for n in names if names.count(n) > 1 or (inbox / n).exists()})
     if clashes:  # checked before copying anything: all files are queued, or none
         raise FileExistsError(f"{inbox}: {', '.join(clashes)} already waiting or given twice: rename the new file")
+    waiting = ws.inbox_files()
+    _, report = check_inbox(ws, waiting + list(args.files), round=round_state(ws).next_round)
+    if report.n_new == 0:
+        raise ValueError(f"{', '.join(map(str, args.files))}: no new label — every annotation is already in "
+                         f"{LABELS}{' or waiting in the inbox' if waiting else ''}: nothing was queued")
     inbox.mkdir(parents=True, exist_ok=True)
-    for f, frame in zip(args.files, frames):
+    for f in args.files:
         dest = inbox / f.name
         tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.copyfile(f, tmp)
         os.replace(tmp, dest)
-        print(f"{f}: {len(frame)} annotations queued in {dest.relative_to(ws.root)}")
-    print(f"run `al round {args.path}` to merge them")
+        print(f"{f}: queued in {dest.relative_to(ws.root)}")
+    print(f"{report.n_new} new labels ({report.n_already_present} already present) wait in the inbox: "
+          f"run `al round {args.path}` to merge them")
     return EXIT_OK
 
 
@@ -293,9 +354,69 @@ def cmd_serve(args) -> int:
     return EXIT_OK
 
 
+def cmd_server(args) -> int:
+    from flows.server import run_server
+
+    return run_server(args.host, args.port)
+
+
+#: Commands that talk to a Prefect API (an `al server`'s when one runs, else an ephemeral one).
+PREFECT_COMMANDS = ("round", "simulate", "serve", "study")
+
+def cmd_labelstudio(args) -> int:
+    from al_lib.export import label_studio_config
+    from tasks import labelstudio
+    from tasks.workspace import Workspace
+
+    ws = Workspace(args.path)
+    if args.action == "config":
+        print(label_studio_config(ws.params().classes), end="")
+        return EXIT_OK
+    client = labelstudio.Client.from_env()
+    if args.action == "push":
+        r = labelstudio.push(ws, client, round=args.round, title=args.title)
+        print(f"{'created' if r['created'] else 'updated'} Label Studio project {r['project']}: {r['n_new']} new "
+              f"task(s) from round {r['round']} ({r['n_present']} already there)\n  label them at {r['url']}, "
+              f"then: al labelstudio pull {args.path}")
+        return EXIT_OK
+    r = labelstudio.pull(ws, client, title=args.title)
+    for message in r["held_back"] + r["changed"]:
+        print(f"al labelstudio pull: {message}", file=sys.stderr)
+    if r["file"]:
+        print(f"pulled {r['n_tasks']} annotated task(s) from project {r['project']} into {r['file']}"
+              f"\n  next: al round {args.path}")
+    else:
+        print(f"project {r['project']}: no new annotations to pull")
+    if r["held_back"]:
+        print(f"  {len(r['held_back'])} task(s) held back: their annotators disagree (see above)")
+    return EXIT_OK
+
+
+def cmd_study(args) -> int:
+    from flows.study import default_out, write_study_report
+
+    if not args.verbose:  # the flow logs each cell in words; al_lib's per-epoch lines would drown them
+        logging.getLogger("al_lib").setLevel(logging.WARNING)
+    out = args.out or default_out(args.dataset, args.quick)
+    if args.experiment == "report":
+        to = args.to or (Path("docs/study.md") if args.dataset == "mnist" and not args.quick else out / "study.md")
+        print(f"report written to {write_study_report(out, to)}")
+        return EXIT_OK
+    from flows.study import al_study
+
+    result = al_study(args.experiment, dataset=args.dataset, quick=args.quick, seeds=args.seeds, out=str(out),
+                      workers=args.workers, dask_address=args.dask_address, device=args.device, threads=args.threads)
+    print(f"study {result['experiment']}: {result['ran']} cells run, {result['reused']} copied from the same run "
+          f"under another experiment, {result['skipped']} already recorded, "
+          f"{result['cells']} in all ({result['seconds']:.1f} s); records in {Path(result['out']) / 'cells'}\n"
+          f"  next: al study report --dataset {args.dataset}{' --quick' if args.quick else ''} --out {out}")
+    return EXIT_OK
+
+
 COMMANDS = {
     "init": cmd_init, "round": cmd_round, "simulate": cmd_simulate, "status": cmd_status,
     "import-labels": cmd_import_labels, "add-images": cmd_add_images, "stage": cmd_stage, "serve": cmd_serve,
+    "server": cmd_server, "labelstudio": cmd_labelstudio, "study": cmd_study,
 }
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from tasks import oracle, pipeline
 from tasks.ingest import check_inbox
 from tasks.lock import workspace_lock
-from tasks.prefect_tasks import artifacts_task, ingest_task, step_task
+from tasks.prefect_tasks import artifacts_task, baseline_task, ingest_task, step_task
 from tasks.rounds import (
     labels_to_train_on, plan_round, record_round, round_state, round_tag, snapshot_labels, start_round,
 )
@@ -139,7 +139,15 @@ def _oracle_fill_inbox(ws: Workspace, round: int) -> None:
 
 @flow(name="al-simulate", log_prints=True)
 def al_simulate(workspace: str, rounds: int = 3, device: str | None = None, workers: int = 1,
-                dask_address: str | None = None) -> list[dict]:
-    """Run ``rounds`` unattended rounds, the oracle answering each round's queries."""
-    return [al_round(workspace, simulate=True, device=device, workers=workers, dask_address=dask_address)
-            for _ in range(rounds)]
+                dask_address: str | None = None, baseline: str | None = None) -> list[dict]:
+    """Run ``rounds`` unattended rounds, the oracle answering each round's queries.
+
+    ``baseline``: then replay the study with this reference acquisition ("random") from the same
+    start (tasks/baseline.py); its summary is the last item of the returned list
+    (``{"baseline": ...}``), and its learning curve beside the workspace's is an artifact.
+    """
+    results = [al_round(workspace, simulate=True, device=device, workers=workers, dask_address=dask_address)
+               for _ in range(rounds)]
+    if baseline:
+        results.append(baseline_task(workspace, baseline, device))
+    return results

@@ -31,7 +31,7 @@ import yaml
 
 from tasks.workspace import (
     IMAGES_DIR, LABELS, LEARNING_CURVE, MANIFEST, MODEL, ORACLE_LABELS, QUERIES, ROUND_FILE,
-    ROUNDS_METRICS, SCORES, TRAIN_METRICS, VALIDATION_RESULTS, write_file,
+    ROUNDS_METRICS, SCORE_HISTOGRAM, SCORES, TRAIN_METRICS, VALIDATION_RESULTS, write_file,
 )
 
 #: The folder holding the project's packages (al_lib/, tasks/, flows/).
@@ -113,8 +113,9 @@ QUERY = Step(
     name="query", run="tasks.query:query_step",
     deps=(SCORES, MANIFEST),
     params=("classes", "seed", "heuristic", "query_size"),
-    outs=(Output(QUERIES, cache=False, persist=True),),
-    help="select the next queries; export CSV + Label Studio tasks",
+    outs=(Output(QUERIES, cache=False, persist=True),  # round-N.csv, .labelstudio.json, .png (thumbnails)
+          Output(SCORE_HISTOGRAM, cache=False, kind="plots")),
+    help="select the next queries; export CSV + Label Studio tasks, thumbnails, pool-score histogram",
 )
 #: The demo workspace's first stage: materialise the bundled MNIST pool (not part of a round).
 PREPARE = Step(

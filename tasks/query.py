@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from al_lib.export import label_studio_tasks, query_frame, write_queries
+from tasks.query_figures import write_query_thumbnails, write_score_histogram
 from tasks.scores_file import load_scores
 from tasks.seeds import round_rng
 from tasks.strategy import workspace_strategy
@@ -16,7 +17,8 @@ logger = logging.getLogger(__name__)
 def query_step(ws: Workspace, round: int, *, device=None, progress: bool = False) -> dict:
     """Select ``query_size`` of the scored pool with the round's strategy; write
     ``data/queries/round-N.{csv,labelstudio.json}`` (``score``: the strategy's own score of each
-    pick — BALD, entropy, ..., the joint-MI gain for BatchBALD, empty for random).
+    pick — BALD, entropy, ..., the joint-MI gain for BatchBALD, empty for random), the thumbnail
+    grid ``data/queries/round-N.png`` and the pool-score histogram ``metrics/pool_scores.png``.
 
     When the step runs (its inputs changed since ``dvc.lock`` — a resumed round, a ``--rerun`` or
     ``dvc repro`` after a parameter change) it replaces this round's query files.
@@ -32,8 +34,12 @@ def query_step(ws: Workspace, round: int, *, device=None, progress: bool = False
     queries = query_frame(scored["ids"][order], picks.scores, scored["mean_probs"][order], params.classes)
     manifest = ws.manifest().set_index("id")["path"]
     tasks = label_studio_tasks(queries, {i: manifest[i] for i in queries["id"]}, model_version=f"round-{round}")
-    for old in ws.query_paths(round):
+    for old in (*ws.query_paths(round), ws.query_thumbnails(round)):
         old.unlink(missing_ok=True)
     csv_path, _ = write_queries(ws.path(QUERIES), round, queries, tasks)
-    logger.info("round %d: exported %d queries to %s", round, len(queries), csv_path.relative_to(ws.root))
-    return {"n_queries": len(queries), "file": str(csv_path.relative_to(ws.root))}
+    thumbnails = write_query_thumbnails(ws, round, queries)
+    histogram = write_score_histogram(ws, round, scored["scores"], scored["scores"][order], params.heuristic)
+    logger.info("round %d: exported %d queries to %s (thumbnails %s)", round, len(queries),
+                csv_path.relative_to(ws.root), thumbnails)
+    return {"n_queries": len(queries), "file": str(csv_path.relative_to(ws.root)), "thumbnails": thumbnails,
+            "histogram": histogram}

@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from al_lib.data import load_digits
-from al_lib.loop import NoisyOracle, simulate
+from al_lib.loop import NoisyOracle, simulate, simulate_with_baseline
 from al_lib.strategies import get_strategy
 
 
@@ -85,3 +87,25 @@ def test_noisy_oracle_flips_to_a_wrong_class_at_the_given_rate():
     assert (NoisyOracle(targets, 10, noise=0.0, seed=0)(np.arange(50)) == targets[:50]).all()
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         NoisyOracle(targets, 10, noise=1.5)
+
+
+def test_random_baseline_arm_shares_seed_initial_labels_and_weights(digits_split):
+    pool, test = digits_split
+    args = dict(test_set=test, initial_labels=20, query_size=10, rounds=2, iterations=3,
+                fit_kwargs={**FAST_FIT, "max_epochs": 8}, pool_subsample=100, seed=4, progress=False)
+    model = mlp()
+    both = simulate_with_baseline(pool, lambda: model, strategy="bald", **args)
+    assert both["strategy"].tolist() == ["bald", "bald", "random", "random"]
+    assert both.groupby("strategy")["n_labelled"].apply(list).to_dict() == {"bald": [20, 30], "random": [20, 30]}
+    # The reference arm is exactly `simulate` with random acquisition from the same start.
+    alone = simulate(pool, lambda: copy.deepcopy(model), strategy="random", **args)
+    assert both.attrs["initial_ids"] == alone.attrs["initial_ids"]
+    rand = both[both["strategy"] == "random"].reset_index(drop=True)
+    assert rand["queried_ids"].tolist() == alone["queried_ids"].tolist()
+    assert rand["accuracy"].tolist() == alone["accuracy"].tolist()
+    # ... and the arms differ in what they query, not in where they start.
+    bald = both[both["strategy"] == "bald"].reset_index(drop=True)
+    assert bald["accuracy"].iloc[0] == rand["accuracy"].iloc[0]
+    assert bald["queried_ids"].iloc[0] != rand["queried_ids"].iloc[0]
+    with pytest.raises(ValueError, match="must differ"):
+        simulate_with_baseline(pool, mlp, strategy="random", **args)
