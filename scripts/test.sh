@@ -17,7 +17,7 @@ if ! command -v chromium >/dev/null 2>&1; then
   rm -f "$apt_log"
 fi
 
-# Label Studio 1.23 in its own venv, .venv-labelstudio/ (tests/flows/test_labelstudio.py starts a real
+# Label Studio 1.23 in its own venv, .venv-labelstudio/ (tests/flows/test_labelstudio_server.py starts a real
 # server; skipped when it cannot be installed). ~3 min the first time, under a second afterwards.
 if ! bash scripts/install_labelstudio.sh; then
   echo "test: could not install Label Studio (the Label Studio tests will be skipped)"

@@ -1,7 +1,7 @@
 """al_lib.label_studio through read_annotations: Label Studio's JSON, JSON-MIN and CSV exports.
 
 The JSON-MIN and CSV texts below are what a Label Studio 1.23.2 server exported for two
-annotators (user ids 3 and 4) on tasks pushed by `al` (tests/flows/test_labelstudio.py runs the
+annotators (user ids 3 and 4) on tasks pushed by `al` (tests/flows/test_labelstudio_server.py runs the
 same against a live server).
 """
 

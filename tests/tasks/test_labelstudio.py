@@ -1,5 +1,5 @@
 """tasks.labelstudio without a server: configuration from the environment, URLs under the
-document root, a refused connection. The live server tests are tests/flows/test_labelstudio.py."""
+document root, a refused connection. The live server tests are tests/flows/test_labelstudio_server.py."""
 
 import socket
 
