@@ -159,10 +159,19 @@ def test_editing_the_code_a_step_runs_invalidates_that_step_only(flow_ws, tmp_pa
     assert {step for step, reasons in changed.items() if reasons} == {"query"}
     assert "al_lib/export.py" in changed["query"][0]
 
+    with open(code / "tasks" / "validation.py", "a") as source:
+        source.write("\n# an edit of the validation rules\n")
+    changed = {step: dvc_repo.stage_changes(ws.root, step) for step in STAGES}
+    assert {step for step, reasons in changed.items() if reasons} == {"validate", "query"}
+    assert "tasks/validation.py" in changed["validate"][0]
+
+    # Every step reads params.yaml, whose training.* keys are checked against fit's options: an
+    # edit of training invalidates them all, and says so.
     with open(code / "al_lib" / "training.py", "a") as source:
         source.write("\n# an edit of training\n")
-    changed = {step for step in STAGES if dvc_repo.stage_changes(ws.root, step)}
-    assert changed >= {"train", "query"} and "validate" not in changed
+    changed = {step: dvc_repo.stage_changes(ws.root, step) for step in STAGES}
+    assert all(reasons for reasons in changed.values())
+    assert "al_lib/training.py" in " ".join(changed["validate"])
 
 
 def test_dvc_exp_run_sets_a_parameter(repro_ws, tmp_path):
