@@ -1,15 +1,14 @@
 """al_lib.labels: the labels table — merging annotations, labels.csv I/O, ActiveLearningDataset's history."""
 
-import re
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
 import pytest
+from test_annotations import CLASSES, STAMP, TIMESTAMP, read, write  # classes cat, dog; ids s1..s9, 007
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from al_lib.annotations import read_annotations
 from al_lib.data import ActiveLearningDataset
 from al_lib.labels import (
     ANNOTATION_COLUMNS,
@@ -23,22 +22,6 @@ from al_lib.labels import (
     read_labels,
     write_labels,
 )
-
-CLASSES = ["cat", "dog"]
-KNOWN = {f"s{i}" for i in range(1, 10)} | {"007"}
-STAMP = "2026-01-02T03:04:05.000006Z"
-TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
-
-
-def write(directory, name, content):
-    path = directory / name
-    path.write_text(content, encoding="utf-8")
-    return path
-
-
-def read(path):
-    return read_annotations(path, known_ids=KNOWN, classes=CLASSES)
-
 
 def table(rows):
     return labels_frame({c: [r[i] for r in rows] for i, c in enumerate(LABEL_COLUMNS)})
