@@ -13,6 +13,7 @@ _SUBMODULES = (
     "annotations",
     "atomic",
     "bayesian",
+    "calibration",
     "data",
     "device",
     "export",

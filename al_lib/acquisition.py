@@ -45,6 +45,8 @@ def acquire(
     labelled: Dataset | None = None,
     target: Dataset | None = None,
     features: str | Callable | None = None,
+    mc_seed: int | None = None,
+    select_seed: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pick ``k`` samples of ``pool`` to label.
 
@@ -75,6 +77,10 @@ def acquire(
         The embedding of the ``needs_features`` strategies (see
         :func:`~al_lib.inference.iter_predict_mc`); default "penultimate" of ``model``, computed in
         the pool's MC pass. The cold-start strategies with ``model=None`` need a callable.
+    mc_seed, select_seed : int or None
+        Override the two seeds drawn from ``seed`` (the MC passes', and the selection's: the
+        candidate subsample, EPIG's pool target sample, the picks). The workspace round derives
+        them per step (``tasks/seeds.py``); given them, ``acquire`` picks what the round picks.
 
     Returns
     -------
@@ -88,8 +94,9 @@ def acquire(
     if not 0 <= k <= len(pool):
         raise ValueError(f"cannot acquire k={k} samples from a pool of {len(pool)}")
     rng = check_random_state(seed)
-    mc_seed = int(rng.integers(2**31))
-    select_seed = int(rng.integers(2**31))
+    drawn = int(rng.integers(2**31)), int(rng.integers(2**31))
+    mc_seed = drawn[0] if mc_seed is None else int(mc_seed)
+    select_seed = drawn[1] if select_seed is None else int(select_seed)
     if strategy.needs_consistent_samples and not _has_consistent_samples(model):
         logger.warning(
             "%s compares MC sample t across inputs, but this model draws independent dropout "

@@ -181,11 +181,13 @@ def _label_studio_records(path: Path, text: str, from_name: str | None) -> tuple
     """(task index, id, label, annotator) per agreed sample of a JSON / JSON-MIN export, plus errors."""
     try:
         items = json.loads(text)
+        answers, errors, n_skipped = label_studio.json_answers(items, from_name)
     except json.JSONDecodeError as exc:
         raise AnnotationError(path, [(None, None, f"invalid JSON at line {exc.lineno}, column {exc.colno}: "
                                                   f"{exc.msg}")], unit="task") from None
-    try:
-        answers, errors, n_skipped = label_studio.json_answers(items, from_name)
+    except RecursionError:  # e.g. 100k nested lists: a bad file, not a crash
+        raise AnnotationError(path, [(None, None, "is nested too deeply to be an annotation export")],
+                              unit="task") from None
     except label_studio.ExportProblem as problem:
         raise AnnotationError(path, [(None, None, problem.message)], unit="task") from None
     if n_skipped:

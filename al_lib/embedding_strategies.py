@@ -28,6 +28,7 @@ the target set's ``[M*, C, T]`` probabilities (keep M* to a few thousand).
 
 from __future__ import annotations
 
+import logging
 import numbers
 from dataclasses import dataclass, field, replace
 
@@ -49,6 +50,8 @@ __all__ = [
     "ProbCoverStrategy",
     "TypiClustStrategy",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Default number of candidates (a uniform subsample of the pool) whose features are kept.
 DEFAULT_MAX_CANDIDATES = 20_000
@@ -222,29 +225,48 @@ class ProbCoverStrategy(EmbeddingStrategy):
 
     Parameters
     ----------
-    delta : float > 0, the ball radius in the embedding (Euclidean). The paper picks the largest δ
-        whose balls stay ≥ 95% class-pure on a k-means clustering: it depends on the embedding,
-        so it has no default (for L2-normalised features, 0.3–0.6 is typical).
+    delta : float > 0 or None, the ball radius in the embedding (Euclidean). None: the paper's
+        choice, :func:`~al_lib.heuristics.diversity.probcover_delta` on the candidates (the largest
+        δ whose balls stay ``alpha``-pure on a k-means clustering into ``n_clusters``), then
+        needs ``n_clusters``. The δ used is logged.
+    n_clusters : int >= 2 or None, the k-means clusters of the automatic δ (the number of classes)
+    alpha : float in (0, 1], the purity of the automatic δ (the paper's 0.95)
     max_candidates : int or None (module docstring); the graph costs O(M + E) more.
     """
 
     name: str = "probcover"
     delta: float | None = None
+    n_clusters: int | None = None
+    alpha: float = 0.95
     max_candidates: int | None = DEFAULT_MAX_CANDIDATES
     needs_probs = False
     needs_labelled = True
 
     def __post_init__(self) -> None:
         _check_candidates(self.max_candidates)
-        if self.delta is None or isinstance(self.delta, bool) or not isinstance(self.delta, numbers.Real) \
-                or not self.delta > 0:
-            raise ValueError(f"probcover needs delta > 0 (the ball radius in the embedding), got {self.delta!r}")
+        if self.delta is not None and (isinstance(self.delta, bool) or not isinstance(self.delta, numbers.Real)
+                                       or not self.delta > 0):
+            raise ValueError(f"probcover's delta must be a number > 0 (the ball radius in the embedding) or None "
+                             f"(automatic), got {self.delta!r}")
+        if self.delta is None and (isinstance(self.n_clusters, bool) or not isinstance(self.n_clusters, numbers.Integral)
+                                   or self.n_clusters < 2):
+            raise ValueError(f"probcover without delta chooses it automatically and needs n_clusters >= 2 "
+                             f"(the number of classes), got {self.n_clusters!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real) or not 0 < self.alpha <= 1:
+            raise ValueError(f"probcover's alpha must be a number in (0, 1], got {self.alpha!r}")
 
     def _pick(self, feats, probs, k, seed, labelled):
-        from al_lib.heuristics.diversity import probcover
+        from al_lib.heuristics.diversity import probcover, probcover_delta
+        from al_lib.seeding import check_random_state
 
-        return probcover(_torch(feats), k, delta=float(self.delta),
-                         labelled_ld=None if labelled is None else _torch(labelled), seed=seed)
+        rng = check_random_state(seed)
+        delta = self.delta
+        if delta is None:
+            delta = probcover_delta(_torch(feats), self.n_clusters, alpha=self.alpha, seed=rng)
+            logger.info("probcover: automatic delta %.4g (%d%% pure balls on %d clusters of %d candidates)",
+                        delta, round(100 * self.alpha), self.n_clusters, len(feats))
+        return probcover(_torch(feats), k, delta=float(delta),
+                         labelled_ld=None if labelled is None else _torch(labelled), seed=rng)
 
 
 @dataclass(frozen=True)

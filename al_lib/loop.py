@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,14 +17,17 @@ from tqdm.auto import tqdm
 from al_lib.acquisition import acquire
 from al_lib.bayesian import mc_aware_modules, patch_module
 from al_lib.bayesian.dropout import MCDropout
+from al_lib.calibration import CALIBRATION_METHODS, calibrate_fitted
 from al_lib.data import ActiveLearningDataset
 from al_lib.device import resolve_device
-from al_lib.inference import predict_mc
+from al_lib.heuristics import predictive_distribution
+from al_lib.inference import iter_predict_mc, predict_mc
 from al_lib.metrics import evaluate
 from al_lib.sampling import subsample_indices
-from al_lib.seeding import check_random_state
+from al_lib.seeding import check_random_state, draw_seed
+from al_lib.stopping import RoundRecord, check_criteria, criteria_from_config, fired
 from al_lib.strategies import Strategy, get_strategy
-from al_lib.training import fit, snapshot_state
+from al_lib.training import ACTIVE_LEARNING_TRAINING, fit, snapshot_state
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ def simulate(
     model_factory: Callable[[], nn.Module],
     *,
     test_set: Dataset,
+    val_set: Dataset | None = None,
     strategy: str | Strategy = "bald",
     initial_labels: int = 20,
     initial_ids=None,
@@ -81,10 +85,13 @@ def simulate(
     n_classes: int | None = None,
     fit_kwargs: dict | None = None,
     reset_weights: bool = True,
+    calibration: str = "none",
     batch_size: int = 256,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
+    stopping: Sequence | None = None,
+    stop_set_size: int = 1000,
 ) -> pd.DataFrame:
     """Run an active-learning experiment with an oracle that knows ``dataset``'s targets.
 
@@ -102,6 +109,11 @@ def simulate(
         (consistent masks for BatchBALD).
     test_set : Dataset
         Items ``(x, y)`` for the metrics of each round.
+    val_set : Dataset, optional
+        Items ``(x, y)``: a labelled validation set outside the pool, handed to every round's
+        :func:`~al_lib.training.fit` for early stopping (not counted in the label budget, as in
+        the BatchBALD paper's protocol). None: ``fit`` holds out its ``val_fraction`` of the labels
+        (or trains a fixed number of epochs, see ``fit_kwargs``).
     strategy : str or Strategy
         A name of :func:`al_lib.strategies.available_strategies` or a
         :class:`~al_lib.strategies.Strategy` (e.g. ``get_strategy("power_bald", temperature=0.5)``);
@@ -115,63 +127,144 @@ def simulate(
         Score only this many (int) or this fraction (float) of the pool, drawn afresh each round.
     label_noise : float
         λ, fraction of oracle answers flipped to a wrong class.
-    fit_kwargs : dict
-        Passed to :func:`al_lib.training.fit`.
+    calibration : {"none", "temperature", "dirichlet"}
+        Fit this calibrator (:mod:`al_lib.calibration`) after each round's training on the
+        validation split ``fit`` used, then evaluate and acquire with the calibrated model (rows
+        gain ``ece_uncalibrated``, ``nll_uncalibrated`` and, for temperature scaling,
+        ``temperature``). No extra draw from the run's generator: the other seeds stay as without.
+    fit_kwargs : dict, optional
+        Passed to :func:`al_lib.training.fit` (its own defaults for keys not given). None: the
+        recommended protocol for few labels, :data:`al_lib.training.ACTIVE_LEARNING_TRAINING`.
+    stopping : list, optional
+        Stopping criteria (:mod:`al_lib.stopping`): criterion objects or config mappings
+        ``{"name": "kappa_average", "threshold": 0.99}``, checked at the end of each round after
+        scoring, before the oracle answers: when one fires the simulation stops there (that
+        round's picks stay unlabelled). Up to that round the rows equal a run without
+        ``stopping`` (the stop set and its MC passes draw from a stream of their own).
+    stop_set_size : int
+        The stop set of the stop-set criteria: this many pool samples unlabelled before round 0,
+        the same every round, predicted with the same MC seed every round. ``low_uncertainty``
+        scores the round's candidate subsample in an MC pass of its own.
 
     Returns
     -------
     DataFrame
         One row per round: round, n_labelled, n_noisy_labels, accuracy, nll, ece, macro_f1,
         per_class_f1 (list of C floats),
-        epochs, seconds_train, seconds_eval, seconds_score, queried_ids (list).
+        epochs, seconds_train, seconds_eval, seconds_score, queried_ids (list); with ``stopping``,
+        also ``stop`` (bool) and ``stopping`` (each criterion's message); ``attrs["stopped_at"]``:
+        the round that stopped, or None.
         ``attrs["initial_ids"]``: the ids labelled before round 0 (the same for every strategy
         run with the same ``seed``: they are the first draw).
     """
     device = resolve_device(device)
-    strategy = get_strategy(strategy)
+    if calibration not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration must be one of {list(CALIBRATION_METHODS)}, got {calibration!r}")
     rng = check_random_state(seed)
     targets = _targets(dataset)
     n_classes = int(n_classes or targets.max() + 1)
+    # ProbCover by name: its automatic δ clusters into the number of classes (Yehuda et al.).
+    strategy = get_strategy(strategy, **({"n_clusters": n_classes} if strategy == "probcover" else {}))
     test_targets = _targets(test_set)
     oracle = NoisyOracle(targets, n_classes, noise=label_noise, seed=rng)
     state = ActiveLearningDataset(dataset, classes=n_classes)
     model = _mc_model(model_factory(), consistent=strategy.needs_consistent_samples)
     initial = snapshot_state(model)
-    fit_kwargs = {"progress": False, **(fit_kwargs or {})}
+    fit_kwargs = {"progress": False, **(ACTIVE_LEARNING_TRAINING if fit_kwargs is None else fit_kwargs)}
 
     first = (np.asarray(initial_ids, dtype=np.int64) if initial_ids is not None
              else rng.choice(state.pool_ids, size=initial_labels, replace=False))
     state.label(first, oracle(first), round=0, source="oracle")
+    criteria = criteria_from_config(stopping)
+    stop_rng = check_random_state(seed).spawn(1)[0]  # not `rng`: stopping leaves the run's draws alone
+    stop_history: list[RoundRecord] = []
+    stop_set = stop_mc_seed = None
+    if any(c.needs_stop_set for c in criteria):
+        stop_set = Subset(dataset, state.pool_ids[subsample_indices(state.n_pool, stop_set_size, stop_rng)])
+        stop_mc_seed = draw_seed(stop_rng)
     rows = []
+    stopped_at = None
     for r in tqdm(range(rounds), desc=f"simulate {strategy.name}", disable=not progress):
         row = {"round": r, "n_labelled": state.n_labelled, "n_noisy_labels": oracle.n_flipped}
         t0 = time.perf_counter()
-        result = fit(model, state.labelled, initial_state=initial if reset_weights else None,
-                     device=device, seed=int(rng.integers(2**31)), **fit_kwargs)
+        fit_seed = int(rng.integers(2**31))
+        result = fit(model, state.labelled, val_set=val_set, initial_state=initial if reset_weights else None,
+                     device=device, seed=fit_seed, **fit_kwargs)
+        scorer = model
+        if calibration != "none":
+            calibrated = calibrate_fitted(model, state.labelled, calibration, fit_seed=fit_seed, n_classes=n_classes,
+                                          val_fraction=fit_kwargs.get("val_fraction"), val_set=val_set,
+                                          targets_of=_targets, iterations=iterations, batch_size=batch_size,
+                                          device=device, seed=fit_seed)
+            scorer = calibrated.model
+            row.update({k: v for k, v in calibrated.metrics().items() if k in ("temperature", "calibration_skipped")})
         t1 = time.perf_counter()
         probs = predict_mc(model, test_set, iterations=iterations, batch_size=batch_size, device=device,
                            seed=int(rng.integers(2**31)), progress=False)
+        if scorer is not model:  # the same MC samples through the calibrator
+            uncalibrated = evaluate(probs, test_targets)
+            row.update(ece_uncalibrated=uncalibrated["ece"], nll_uncalibrated=uncalibrated["nll"])
+            probs = scorer.calibrate_probs(probs)
         metrics = evaluate(probs, test_targets)
         t2 = time.perf_counter()
         row.update({k: metrics[k] for k in ("accuracy", "nll", "ece", "macro_f1", "per_class_f1")})
         row.update(epochs=result.epochs_run, seconds_train=t1 - t0, seconds_eval=t2 - t1)
         queried: list = []
+        pool_scores = None
         if r < rounds - 1 and state.n_pool > 0:
             pool = state.pool
             candidates = subsample_indices(len(pool), pool_subsample, rng)
             k = min(query_size, len(candidates))
-            picks, _ = acquire(model, Subset(pool, candidates), strategy, k, iterations=iterations,
+            picks, _ = acquire(scorer, Subset(pool, candidates), strategy, k, iterations=iterations,
                                batch_size=batch_size, device=device, seed=int(rng.integers(2**31)),
                                progress=False, labelled=state.labelled if strategy.needs_labelled else None)
             queried = pool.ids[candidates[picks]].tolist()
+            if any(c.needs_pool_scores for c in criteria):
+                pool_scores = _pool_scores(scorer, Subset(pool, candidates), strategy, iterations, batch_size, device,
+                                           draw_seed(stop_rng))
+        if criteria:
+            decisions = _check_stopping(criteria, stop_history, row, metrics, scorer, stop_set, stop_mc_seed,
+                                        pool_scores if queried else None, iterations, batch_size, device)
+            row.update(stop=bool(fired(decisions)), stopping=[d.message for d in decisions])
+        if queried and not row.get("stop"):
             state.label(queried, oracle(queried), round=r + 1, source="oracle")
-        row.update(seconds_score=time.perf_counter() - t2, queried_ids=queried)
+        row.update(seconds_score=time.perf_counter() - t2, queried_ids=[] if row.get("stop") else queried)
         logger.info("%s round %d: %d labels, accuracy %.4f, nll %.4f", strategy.name, r,
                     row["n_labelled"], row["accuracy"], row["nll"])
         rows.append(row)
+        if row.get("stop"):
+            stopped_at = r
+            logger.info("%s round %d: stopping — %s", strategy.name, r,
+                        "; ".join(m for m in row["stopping"] if " fired — " in m))
+            break
     frame = pd.DataFrame(rows)
     frame.attrs["initial_ids"] = first.tolist()
+    frame.attrs["stopped_at"] = stopped_at
     return frame
+
+
+def _check_stopping(criteria, history: list, row: dict, metrics: dict, model, stop_set, stop_mc_seed, pool_scores,
+                    iterations: int, batch_size: int, device) -> list:
+    """This round's :class:`~al_lib.stopping.RoundRecord` appended to ``history``; the criteria's decisions."""
+    stop_probs = None
+    if stop_set is not None:
+        stop_probs = predictive_distribution(predict_mc(model, stop_set, iterations=iterations, batch_size=batch_size,
+                                                        device=device, seed=stop_mc_seed, progress=False))
+    scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    history.append(RoundRecord(row["round"], row["n_labelled"], scalars, pool_scores=pool_scores,
+                               stop_ids=None if stop_set is None else np.asarray(stop_set.indices),
+                               stop_probs=stop_probs))
+    return check_criteria(criteria, history)
+
+
+def _pool_scores(model, candidates: Dataset, strategy: Strategy, iterations: int, batch_size: int, device,
+                 seed: int) -> np.ndarray:
+    """The strategy's own score [n] of each candidate (NaN for a strategy that scores none)."""
+    if not strategy.needs_probs:
+        return np.full(len(candidates), np.nan)
+    return np.concatenate([np.asarray(strategy.score_batch(b.float().cpu().numpy()), dtype=np.float64)
+                           for b in iter_predict_mc(model, candidates, iterations=iterations, batch_size=batch_size,
+                                                    device=device, seed=seed, progress=False)])
 
 
 def simulate_with_baseline(

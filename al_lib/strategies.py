@@ -755,8 +755,8 @@ def _sampling(name: str, heuristic: str, sampler: str) -> Callable[..., Strategy
 
 
 #: The strategies of :mod:`al_lib.embedding_strategies`: they need features, the labelled set or a
-#: target set besides the pool's scores, which ``acquire`` and ``simulate`` provide and the
-#: pipeline's score/query steps do not (yet).
+#: target set besides the pool's scores, which ``acquire``, ``simulate`` and the pipeline's
+#: score/query steps (tasks/score.py) provide.
 EMBEDDING_STRATEGIES = ("badge", "coreset", "typiclust", "probcover", "epig", "class_balanced")
 
 #: Strategy factories by name: ``STRATEGIES[name](**params) -> Strategy``.

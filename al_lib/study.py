@@ -21,8 +21,9 @@ label_efficiency   B=20, Q=10, T=20: labels to 90 % / 95 % (Gal et al. 2017)   B
 Full scale (:func:`experiments` with ``quick=False``): 5 seeds; a 20 000-image MNIST pool and
 the 10 000 test images; 20 random initial labels, 10 per query, 31 rounds (20 → 320 labels,
 budgets reported at 120, 220, 320); label efficiency runs 80 rounds (20 → 810 labels); T = 20
-MC samples; 2 000 pool images scored per round (Gal et al.); training to convergence
-(≤ 50 epochs, early stopping with patience 5 on a 20 % validation split, weights reset each round).
+MC samples; 2 000 pool images scored per round (Gal et al.); weights reset each round and trained
+with al_lib's protocol for few labels, :data:`al_lib.training.ACTIVE_LEARNING_TRAINING`
+(fixed-length epochs of at least ``min_samples_per_epoch`` samples; see its comment).
 Quick scale (``quick=True``): 1 seed, an 800-image pool and 200 test images, 20 → 50 labels,
 T = 4, ≤ 20 full-batch epochs, 150 images scored: seconds per cell, to check the machinery, not the science.
 
@@ -79,7 +80,7 @@ class Scale:
     efficiency_rounds: int
     iterations: int
     pool_subsample: int
-    fit: dict
+    fit: dict | None  # None: al_lib.training.ACTIVE_LEARNING_TRAINING (resolved on use: torch loads with it)
     query_sizes: tuple[int, ...]
     imbalance: tuple[int, ...]
     under_epochs: int
@@ -87,9 +88,7 @@ class Scale:
 
 
 FULL = Scale(seeds=5, pool_limit=20_000, test_limit=None, initial_labels=20, query_size=10, rounds=31,
-             efficiency_rounds=80, iterations=20, pool_subsample=2000,
-             fit={"max_epochs": 50, "patience": 5, "val_fraction": 0.2, "batch_size": 32, "lr": 1e-3,
-                  "weight_decay": 1e-4},
+             efficiency_rounds=80, iterations=20, pool_subsample=2000, fit=None,
              query_sizes=(10, 20, 50, 100), imbalance=(0, 2, 5), under_epochs=2, over_epochs=150)
 QUICK = Scale(seeds=1, pool_limit=800, test_limit=200, initial_labels=20, query_size=10, rounds=4,
               efficiency_rounds=4, iterations=4, pool_subsample=150,
@@ -173,12 +172,13 @@ def experiments(*, quick: bool = False, seeds: int | None = None) -> dict[str, E
     dict name → :class:`Experiment`, in :data:`EXPERIMENTS` order.
     """
     s = QUICK if quick else FULL
+    fit = _training(s)
     n_seeds = s.seeds if seeds is None else int(seeds)
     if n_seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds!r}")
     seed_list = tuple(range(n_seeds))
     base = {"initial_labels": s.initial_labels, "query_size": s.query_size, "rounds": s.rounds,
-            "iterations": s.iterations, "pool_subsample": s.pool_subsample, "fit_kwargs": dict(s.fit),
+            "iterations": s.iterations, "pool_subsample": s.pool_subsample, "fit_kwargs": dict(fit),
             "pool_limit": s.pool_limit, "test_limit": s.test_limit,
             # the defaults the conditions vary, explicit, so that equal runs have equal settings
             "label_noise": 0.0, "minority_classes": 0, "minority_fraction": 0.25, "pool_fraction": None}
@@ -194,9 +194,9 @@ def experiments(*, quick: bool = False, seeds: int | None = None) -> dict[str, E
         Experiment("noise", "Label noise: λ of the oracle's answers flipped to a wrong class; test NLL (seed Table 1)",
                    {f"lambda={v}": {"label_noise": v} for v in (0.0, 0.05, 0.1)}, three, seed_list, budgets, base),
         Experiment("convergence", "Training regime: active gain NLL(Random) − NLL(BALD) per budget (seed Figs. 2, 4)",
-                   {"under-trained": {"fit_kwargs": {**s.fit, "max_epochs": s.under_epochs, "val_fraction": 0.0}},
+                   {"under-trained": {"fit_kwargs": {**fit, **_passes(s.under_epochs, fit)}},
                     "converged": {},
-                    "over-trained": {"fit_kwargs": {**s.fit, "max_epochs": s.over_epochs, "val_fraction": 0.0}}},
+                    "over-trained": {"fit_kwargs": {**fit, **_passes(s.over_epochs, fit)}}},
                    two, seed_list, budgets, base),
         Experiment("query_size", "Query size Q to the same label budgets: test NLL (seed Table 2)",
                    query, two, seed_list, budgets, base),
@@ -215,6 +215,22 @@ def experiments(*, quick: bool = False, seeds: int | None = None) -> dict[str, E
                                  for i in (1, 2, 4)})), base),
     ]
     return {e.name: e for e in out}
+
+
+def _training(scale: Scale) -> dict:
+    """The ``fit`` options of a scale: its own, or al_lib's protocol for few labels."""
+    if scale.fit is not None:
+        return dict(scale.fit)
+    from al_lib.training import ACTIVE_LEARNING_TRAINING
+
+    return dict(ACTIVE_LEARNING_TRAINING)
+
+
+def _passes(epochs: int, fit: dict) -> dict:
+    """``fit`` options of the convergence experiment's fixed regimes: ``epochs`` plain passes over
+    the labels (fixed-length epochs off), no early stopping."""
+    fixed_length = {"min_samples_per_epoch": 0} if "min_samples_per_epoch" in fit else {}
+    return {"max_epochs": epochs, "val_fraction": 0.0, **fixed_length}
 
 
 def cells(experiment: Experiment, *, dataset: str, quick: bool) -> list[Cell]:
@@ -391,7 +407,8 @@ def run_cell(cell: Cell, source: StudySource | None = None, *, device: str | tor
     -------
     dict, JSON-ready: ``key``, ``config`` (:meth:`Cell.config`), ``rows`` (one per round: round,
     n_labelled, accuracy, nll, ece, macro_f1, minority_f1 (mean F1 of the reduced classes, or
-    None), n_noisy_labels, epochs, seconds_train, seconds_eval, seconds_score, n_scored),
+    None), n_noisy_labels, epochs, seconds_train, seconds_eval, seconds_score, n_scored; with a
+    ``stopping`` setting, ``stop`` and ``stopping``: the rounds end where a criterion fired),
     ``minority_classes`` (list), ``pool_size``, ``seconds`` (the cell's wall time) and ``device``.
     """
     from al_lib.data.imbalance import make_imbalanced
@@ -419,7 +436,9 @@ def run_cell(cell: Cell, source: StudySource | None = None, *, device: str | tor
                      initial_labels=int(s["initial_labels"]), query_size=int(s["query_size"]),
                      rounds=int(s["rounds"]), iterations=int(s["iterations"]), pool_subsample=subsample,
                      label_noise=float(s.get("label_noise", 0.0)), n_classes=source.n_classes,
-                     fit_kwargs=fit_kwargs, seed=cell.seed, device=device, progress=False)
+                     calibration=str(s.get("calibration", "none")),
+                     fit_kwargs=fit_kwargs, seed=cell.seed, device=device, progress=False,
+                     stopping=s.get("stopping"), stop_set_size=int(s.get("stop_set_size", 1000)))
     seconds = time.perf_counter() - start
     rows = []
     for record in frame.to_dict("records"):
@@ -434,6 +453,10 @@ def run_cell(cell: Cell, source: StudySource | None = None, *, device: str | tor
             "seconds_train": float(record["seconds_train"]), "seconds_eval": float(record["seconds_eval"]),
             "seconds_score": float(record["seconds_score"]),
             "n_scored": _n_scored(n_pool, subsample),
+            # a cell with a ``calibration`` setting: the test metrics before it, and the temperature
+            **{k: float(record[k]) for k in ("ece_uncalibrated", "nll_uncalibrated", "temperature") if k in record},
+            # a cell with a ``stopping`` setting (al_lib.stopping criteria): the decisions of each round
+            **({"stop": bool(record["stop"]), "stopping": list(record["stopping"])} if "stop" in record else {}),
         })
     return {"key": cell.key(), "config": cell.config(), "rows": rows, "minority_classes": minority,
             "pool_size": len(pool), "test_size": len(test), "seconds": seconds, "device": str(device)}

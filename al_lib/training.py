@@ -2,7 +2,9 @@
 
 :func:`fit` is what every active-learning round calls. Following Gal et al. (2017), a round may
 restart from the model's initial weights: capture them once with :func:`snapshot_state` and pass
-them as ``initial_state``. :func:`predict_proba` is a deterministic single pass for metrics of
+them as ``initial_state``. On few labels, epochs of a fixed length (``min_samples_per_epoch``)
+give a fresh model enough gradient steps; :data:`ACTIVE_LEARNING_TRAINING` is the protocol
+recommended for such rounds. :func:`predict_proba` is a deterministic single pass for metrics of
 deterministic models (use :func:`al_lib.inference.predict_mc` for MC predictions).
 """
 
@@ -11,25 +13,44 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
 from al_lib.device import resolve_device
 from al_lib.seeding import SeedLike, isolated_torch_rng, torch_generator
 
-__all__ = ["FitResult", "fit", "isolated_torch_rng", "predict_proba", "snapshot_state"]
+__all__ = ["ACTIVE_LEARNING_TRAINING", "FitResult", "fit", "isolated_torch_rng", "predict_proba", "snapshot_state"]
 
 logger = logging.getLogger(__name__)
 
 #: A held-out split smaller than this gives a validation loss too noisy to stop on (a model stopped
 #: after a few epochs on 4 validation samples is badly under-trained): train for ``max_epochs``.
 MIN_VALIDATION_SAMPLES = 20
+
+#: The :func:`fit` options recommended for an active-learning round that trains a model from
+#: scratch on tens to a few thousand labels (the defaults of :func:`al_lib.loop.simulate`, of the
+#: study at full scale and of a workspace's ``training:``). With so few labels an ordinary epoch is
+#: 1-10 gradient steps, so early stopping counted in passes stops a fresh model far too early:
+#: each epoch here draws at least ``min_samples_per_epoch`` samples (repeated shuffled passes), and
+#: no validation split is carved out of the labels: on a split of 20-60 samples the validation loss
+#: is too noisy (and rises with over-confidence while accuracy still improves), so early stopping on
+#: it stops after a few epochs, and it removes a fifth of the labels from training. Measured on
+#: MNIST (Gal CNN, random labelled subsets, 2 seeds, MC accuracy with T = 20), against the former
+#: default (≤ 50 one-pass epochs, batch 32, early stopping on a 20 % split): 100 labels 57-68 % →
+#: 75-76 %, 250 labels 82-83 % → 85-86 % (one seed with ``max_epochs`` 20: 76 % and 86 %). With a
+#: labelled validation set outside the budget, ``fit(..., val_set=...)`` still early-stops on it.
+ACTIVE_LEARNING_TRAINING: Mapping[str, Any] = MappingProxyType({
+    "max_epochs": 10, "patience": 5, "val_fraction": 0.0, "min_samples_per_epoch": 1024, "batch_size": 64,
+    "lr": 1e-3, "weight_decay": 1e-4,
+})
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``callback(record, model) -> stop``: called after every epoch with the history record; return
@@ -53,6 +74,8 @@ class FitResult:
     seconds : float, wall time of the whole fit.
     early_stopping : bool, whether a validation set was used for early stopping.
     n_train, n_val : int, samples trained on / validated on.
+    samples_per_epoch : int, training samples drawn per epoch (``n_train``, or
+        ``min_samples_per_epoch`` when that is larger; one fewer when a last batch of one is dropped).
     message : str, what happened, in words (also logged at INFO).
     """
 
@@ -65,6 +88,7 @@ class FitResult:
     early_stopping: bool = True
     n_train: int = 0
     n_val: int = 0
+    samples_per_epoch: int = 0
     message: str = ""
 
     def to_dict(self) -> dict:
@@ -151,7 +175,10 @@ def _make_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'sgd'")
 
 
-def _check_fit_args(max_epochs: int, patience: int | None, batch_size: int, val_fraction: float) -> None:
+def _check_fit_args(max_epochs: int, patience: int | None, batch_size: int, val_fraction: float,
+                    min_samples_per_epoch: int) -> None:
+    if min_samples_per_epoch < 0:
+        raise ValueError(f"min_samples_per_epoch must be >= 0, got {min_samples_per_epoch}")
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
     if patience is not None and patience < 1:
@@ -160,6 +187,40 @@ def _check_fit_args(max_epochs: int, patience: int | None, batch_size: int, val_
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+
+class _RepeatedPassSampler(Sampler[int]):
+    """``n_samples`` positions of a dataset of ``size`` items per epoch: shuffled passes over all
+    of them, one after another, the last one cut short (every item is seen ``n_samples // size``
+    or one more times). Drawn from ``generator``, so an epoch is a fixed function of its seed."""
+
+    def __init__(self, size: int, n_samples: int, generator: torch.Generator):
+        self.size, self.n_samples, self.generator = size, n_samples, generator
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def __iter__(self):
+        passes = -(-self.n_samples // self.size)
+        order = torch.cat([torch.randperm(self.size, generator=self.generator) for _ in range(passes)])
+        return iter(order[: self.n_samples].tolist())
+
+
+def _train_loader(train: Dataset, batch_size: int, min_samples_per_epoch: int,
+                  generator: torch.Generator, loader_args: dict) -> DataLoader:
+    """The training DataLoader: one shuffled pass per epoch, or ``min_samples_per_epoch`` samples
+    (repeated shuffled passes) when the training set is smaller."""
+    n = len(train)
+    per_epoch = max(n, min_samples_per_epoch)
+    # A last batch of one sample would crash BatchNorm in training mode: drop it (a different one
+    # each epoch, as shuffling changes).
+    drop_last = per_epoch % batch_size == 1 and per_epoch > 1
+    if per_epoch == n:
+        return DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last,
+                          **loader_args)
+    sampler = _RepeatedPassSampler(n, per_epoch, generator)
+    return DataLoader(train, batch_size=batch_size, sampler=sampler, generator=generator, drop_last=drop_last,
+                      **loader_args)
 
 
 class _Stepper:
@@ -237,6 +298,13 @@ def _postfix(record: dict) -> dict:
 
 def _summary(result: FitResult, max_epochs: int, stop_reason: str, no_val_reason: str) -> str:
     """The sentence logged (and stored in ``FitResult.message``) about how training ended."""
+    if result.samples_per_epoch > result.n_train:
+        return f"{_summary_of_passes(result, max_epochs, stop_reason, no_val_reason)} (epochs of " \
+               f"{result.samples_per_epoch} samples drawn from {result.n_train})"
+    return _summary_of_passes(result, max_epochs, stop_reason, no_val_reason)
+
+
+def _summary_of_passes(result: FitResult, max_epochs: int, stop_reason: str, no_val_reason: str) -> str:
     if not result.early_stopping:
         if result.stopped_early:
             how = f"stopped at epoch {result.epochs_run} ({stop_reason})"
@@ -258,6 +326,7 @@ def fit(
     max_epochs: int = 100,
     patience: int | None = 5,
     min_delta: float = 0.0,
+    min_samples_per_epoch: int = 0,
     batch_size: int = 64,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
@@ -284,9 +353,17 @@ def fit(
         With ``val_fraction=0``, a split of fewer than ``MIN_VALIDATION_SAMPLES`` or an empty
         ``val_set``, there is no early stopping: training runs ``max_epochs`` and keeps the final
         weights (``FitResult.early_stopping`` is False and the message says why).
-    max_epochs : int, at most this many passes over the training data.
+    max_epochs : int, at most this many epochs.
     patience : int or None, stop after this many epochs without the validation loss falling by
         more than ``min_delta`` below its best; None never stops early (best weights still restored).
+    min_samples_per_epoch : int, default 0. An epoch is one shuffled pass over the training data,
+        or, when that holds fewer than ``min_samples_per_epoch`` samples, that many samples drawn as
+        repeated shuffled passes (each sample seen equally often, ±1). With tens to hundreds of
+        labels a pass is only a few gradient steps, so ``max_epochs`` and ``patience`` would count
+        almost nothing: a fixed-length epoch (BatchBALD's protocol draws ~5 000 samples per epoch)
+        gives a from-scratch model enough steps, and validation (when there is any) runs every
+        ``min_samples_per_epoch`` samples. 0: one pass. :data:`ACTIVE_LEARNING_TRAINING` is the
+        recommended protocol for a round on few labels.
     batch_size, lr, weight_decay, momentum : training hyper-parameters (``momentum`` for SGD only).
         When the last batch would hold a single sample it is dropped for that epoch (BatchNorm
         cannot train on one sample; shuffling drops a different one each epoch).
@@ -319,7 +396,7 @@ def fit(
     is left in ``eval()`` mode. Validation uses ``eval()`` mode; MC-dropout layers that stay
     stochastic in ``eval()`` give a single-pass (still seeded) validation loss, which is fine.
     """
-    _check_fit_args(max_epochs, patience, batch_size, val_fraction)
+    _check_fit_args(max_epochs, patience, batch_size, val_fraction, min_samples_per_epoch)
     if len(train_set) == 0:
         raise ValueError("train_set is empty")
     started = time.perf_counter()
@@ -333,12 +410,7 @@ def fit(
         model.load_state_dict(initial_state)
     model.to(device)
     loader_args = {"num_workers": num_workers, "pin_memory": device.type == "cuda"}
-    # A last batch of one sample would crash BatchNorm in training mode: drop it (a different one
-    # each epoch, as shuffling changes).
-    drop_last = len(train) % batch_size == 1 and len(train) > 1
-    train_loader = DataLoader(
-        train, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last, **loader_args
-    )
+    train_loader = _train_loader(train, batch_size, min_samples_per_epoch, generator, loader_args)
     val_loader = None if val is None else DataLoader(val, batch_size=batch_size, **loader_args)
     optim = _make_optimizer(model, optimizer, lr, weight_decay, momentum)
     stepper = _Stepper(model, loss or _default_loss, optim, device, use_amp)
@@ -366,6 +438,7 @@ def fit(
         early_stopping=has_val,
         n_train=len(train),
         n_val=n_val,
+        samples_per_epoch=len(train_loader) * batch_size if train_loader.drop_last else len(train_loader.sampler),
     )
     result.message = _summary(result, max_epochs, stop_reason, no_val_reason)
     logger.info("fit: %s", result.message)

@@ -27,6 +27,9 @@ def _add_params_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mc-iterations", type=int, help="MC dropout samples T (default: 20)")
     p.add_argument("--pool-subsample", type=int, help="pool images scored per round (default: 2000)")
     p.add_argument("--initial-labels", type=int, help="random labels before round 0 in simulation (default: 20)")
+    p.add_argument("--initial-strategy", choices=("random", "typiclust", "probcover"),
+                   help="how simulation's initial labels are chosen (default: random; typiclust/probcover: "
+                        "cold start on the untrained model's features)")
 
 
 def _add_dask_options(p: argparse.ArgumentParser) -> None:
@@ -136,11 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Prefect's ephemeral API server can take 30-90 s to start on a loaded 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # Offline always: no telemetry from Prefect's server or DVC (else an ERROR line per start offline).
+    for name, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
+                        ("DVC_NO_ANALYTICS", "1")):
+        os.environ.setdefault(name, value)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     for noisy in ("httpx", "httpcore", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command in PREFECT_COMMANDS:
         from flows.server import use_recorded_server
+
+        if not args.verbose:
+            _user_errors_without_traceback()
 
         if url := use_recorded_server():  # a running `al server`: no ephemeral server to start
             print(f"al {args.command}: using the Prefect server at {url} (al server)", file=sys.stderr)
@@ -152,6 +162,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose or code == EXIT_ERROR:
             logging.getLogger(__name__).debug("traceback", exc_info=err)
         return code
+
+
+class _UserErrorTracebackFilter(logging.Filter):
+    """Drops the traceback from Prefect's "task/flow run failed" records when the exception is a
+    user error (exit code 3 or 4): its message already names file, row and field, and the wall of
+    Prefect engine frames would bury it. The record itself (one line) still reaches the console and
+    the run's log in the UI; ``al -v`` keeps the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        if isinstance(err, Exception) and _exit_code(err) != EXIT_ERROR:
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _user_errors_without_traceback() -> None:
+    import prefect  # noqa: F401 — its logging setup first, so the filter is added to configured loggers
+
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _UserErrorTracebackFilter) for f in logger.filters):
+            logger.addFilter(_UserErrorTracebackFilter())
 
 
 def _exit_code(err: Exception) -> int:
@@ -171,7 +203,7 @@ def _exit_code(err: Exception) -> int:
 
 
 def _params_overrides(args) -> dict:
-    names = ("heuristic", "query_size", "mc_iterations", "pool_subsample", "initial_labels")
+    names = ("heuristic", "query_size", "mc_iterations", "pool_subsample", "initial_labels", "initial_strategy")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -291,6 +323,11 @@ def cmd_status(args) -> int:
     png = ws.path("metrics/learning_curve.png")
     if png.is_file():
         print(f"  learning curve: {png}")
+    from tasks.stopping import read_stopping, stopping_lines
+
+    record = read_stopping(ws)
+    for line in stopping_lines(record):
+        print(f"  {line}" + (f" (round {record['round']})" if record and record.get("decisions") else ""))
     return EXIT_OK
 
 

@@ -38,9 +38,7 @@ def main(argv=None) -> None:
     if not (args.workspace / "params.yaml").is_file():
         images = write_mnist_folder(args.workspace.parent / "demo-images", n=args.images)
         create_workspace(args.workspace, images=images, labels="oracle", holdout=500, heuristic=args.heuristic,
-                         query_size=20, mc_iterations=20, pool_subsample=1000, initial_labels=20,
-                         training={"max_epochs": 50, "patience": 5, "val_fraction": 0.2, "batch_size": 32,
-                                   "lr": 0.001, "weight_decay": 0.0001})
+                         query_size=20, mc_iterations=20, pool_subsample=1000, initial_labels=20)
         print(f"created workspace {args.workspace} from {args.images} MNIST images")
     al_simulate(str(args.workspace), rounds=args.rounds, device=args.device)
     ws = Workspace(args.workspace)

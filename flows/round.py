@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from uuid import UUID
 
 import pandas as pd
 from prefect import flow, get_run_logger, unmapped
@@ -21,6 +22,7 @@ from tasks.prefect_tasks import artifacts_task, baseline_task, ingest_task, step
 from tasks.rounds import (
     labels_to_train_on, plan_round, record_round, round_state, round_tag, snapshot_labels, start_round,
 )
+from tasks.stopping import read_stopping
 from tasks.train import trained_metrics
 from tasks.workspace import Workspace
 
@@ -79,7 +81,7 @@ def al_round(workspace: str, simulate: bool = False, device: str | None = None, 
         ran = []
         for step in pipeline.ROUND_STEPS:
             start = time.perf_counter()
-            if step is pipeline.SCORE and (workers > 1 or dask_address):
+            if step is pipeline.SCORE and (workers > 1 or dask_address) and _shardable(ws):
                 outcome = _score_on_dask(str(ws.root), n, device, workers, dask_address)
             else:
                 outcome = step_task.with_options(name=step.name)(str(ws.root), n, step.name, device)
@@ -95,10 +97,56 @@ def al_round(workspace: str, simulate: bool = False, device: str | None = None, 
         query_csv = ws.query_paths(n)[0]
         queries = pd.read_csv(query_csv, dtype={"id": str}, keep_default_na=False).to_dict("records")
         artifacts_task(str(ws.root), n, queries, metrics)
+        stopping = read_stopping(ws)
     log.info("round %d done: %d queries in %s; steps run: %s; tagged %s at %s", n, len(queries),
              query_csv.relative_to(ws.root), ", ".join(ran) or "none (all up to date)", round_tag(n), commit[:7])
+    paused = _act_on_stopping(ws, n, stopping)
     return {"round": n, "resumed": plan.action == "resume", "ingested": ingested, "steps_run": ran, "metrics": metrics,
-            "tag": round_tag(n), "commit": commit, "queries": str(query_csv), "seconds": seconds, "skipped": False}
+            "tag": round_tag(n), "commit": commit, "queries": str(query_csv), "seconds": seconds, "skipped": False,
+            "stopping": stopping, "paused": paused}
+
+
+def _act_on_stopping(ws: Workspace, round: int, record: dict | None) -> bool:
+    """Log the round's stopping decisions (metrics/stopping.json). When one fired and params.yaml
+    says ``stopping_action: pause``, pause the schedules of the deployment this run belongs to:
+    Prefect deletes their scheduled runs and creates no more until a schedule is resumed. Returns
+    whether it paused any."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import deployment
+
+    from tasks.stopping import stopping_lines
+
+    log = get_run_logger()
+    for line in stopping_lines(record):
+        log.info("round %d: %s", round, line)
+    if not (record and record["stop"]) or ws.params().stopping_action != "pause":
+        return False
+    why = "; ".join(line.removeprefix("stopping: ") for line in stopping_lines(record) if " fired — " in line)
+    if deployment.id is None:
+        log.warning("round %d says stop (%s) and stopping_action is 'pause', but this run belongs to no "
+                    "deployment: no schedule to pause", round, why)
+        return False
+    with get_client(sync_client=True) as client:
+        own = client.read_deployment(UUID(str(deployment.id)))
+        schedules = [s for s in own.schedules if s.active]
+        for schedule in schedules:
+            client.update_deployment_schedule(own.id, schedule.id, active=False)
+    log.warning("round %d says stop (%s): paused %d schedule(s) of deployment %r — no further scheduled rounds "
+                "(resume in the UI, or `prefect deployment schedule resume %s/%s <schedule id>`)", round, why,
+                len(schedules), deployment.name, flow_run.flow_name, deployment.name)
+    return bool(schedules)
+
+
+def _shardable(ws: Workspace) -> bool:
+    """Whether the score step can run in shards: not for the embedding strategies, whose candidate
+    subsample spans the whole pool (they score in this process, said in the log)."""
+    from tasks.strategy import workspace_strategy
+
+    if workspace_strategy(ws.params()).needs_features:
+        get_run_logger().info("score: %s keeps a candidate subsample of the whole pool: scoring in one "
+                              "process (workers ignored)", ws.params().heuristic)
+        return False
+    return True
 
 
 def _score_on_dask(workspace: str, round: int, device: str | None, workers: int, address: str | None) -> dict:

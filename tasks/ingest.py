@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from al_lib.annotations import read_annotations
-from al_lib.labels import AnnotationError, merge_annotations
+from al_lib.labels import merge_annotations
+from tasks.fault_points import fault_point
 from tasks.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ def ingest_step(ws: Workspace, round: int, *, source: str = "human", files: list
         return {"files": [], "n_new": 0, "n_already_present": 0, "class_counts": {}}
     labels, report = check_inbox(ws, files, round=round, source=source)
     ws.write_labels(labels)
+    fault_point("ingest:labels-written")
     _move_aside(files, ws.processed_dir(round))
     logger.info("round %d: ingested %d new labels from %d file(s) (%d already present)", round,
                 report.n_new, len(files), report.n_already_present)
@@ -48,17 +50,8 @@ def check_inbox(ws: Workspace, files: list[Path] | None = None, *, round: int = 
     params = ws.params()
     files = ws.inbox_files() if files is None else files
     known_ids = set(ws.manifest()["id"])
-    batches = [_read(path, known_ids, params.classes) for path in files]
+    batches = [read_annotations(path, known_ids=known_ids, classes=params.classes) for path in files]
     return merge_annotations(ws.labels(), pd.concat(batches, ignore_index=True), round=round, source=source)
-
-
-def _read(path: Path, known_ids: set, classes: list[str]) -> pd.DataFrame:
-    """:func:`read_annotations`, with a JSON nested past Python's recursion limit (e.g. 100k
-    levels) reported as a bad file rather than a crash."""
-    try:
-        return read_annotations(path, known_ids=known_ids, classes=classes)
-    except RecursionError:
-        raise AnnotationError(path, [(None, None, "is nested too deeply to be an annotation export")]) from None
 
 
 def _move_aside(files: list[Path], target: Path) -> None:

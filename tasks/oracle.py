@@ -38,7 +38,8 @@ def answer_queries(ws: Workspace, query_round: int) -> Path | None:
 
 
 def initial_labels(ws: Workspace) -> Path | None:
-    """The B random initial labels of a simulation (B = params ``initial_labels``), seeded."""
+    """The B initial labels of a simulation (B = params ``initial_labels``), seeded: random, or
+    chosen by params ``initial_strategy`` (typiclust, probcover: tasks/cold_start.py)."""
     params = ws.params()
     manifest = ws.manifest()
     truth = oracle_truth(ws)
@@ -47,7 +48,12 @@ def initial_labels(ws: Workspace) -> Path | None:
         return None  # the seed labels exist already: a rerun, or labels imported by hand
     queryable = queryable[queryable.isin(truth.index)].to_numpy()
     n = min(params.initial_labels, len(queryable))
-    chosen = round_rng(params.seed, 0, "initial").choice(queryable, size=n, replace=False)
+    if params.initial_strategy == "random":
+        chosen = round_rng(params.seed, 0, "initial").choice(queryable, size=n, replace=False)
+    else:  # a cold-start strategy on the untrained model's features
+        from tasks.cold_start import cold_start_ids
+
+        chosen = cold_start_ids(ws, queryable, n)
     return _write_inbox(ws, "oracle-initial.csv", list(np.sort(chosen)))
 
 

@@ -31,7 +31,7 @@ import yaml
 
 from tasks.workspace import (
     IMAGES_DIR, LABELS, LEARNING_CURVE, MANIFEST, MODEL, ORACLE_LABELS, QUERIES, ROUND_FILE,
-    ROUNDS_METRICS, SCORE_HISTOGRAM, SCORES, TRAIN_METRICS, VALIDATION_RESULTS, write_file,
+    ROUNDS_METRICS, SCORE_HISTOGRAM, SCORES, STOP_SET, STOPPING, TRAIN_METRICS, VALIDATION_RESULTS, write_file,
 )
 
 #: The folder holding the project's packages (al_lib/, tasks/, flows/).
@@ -94,7 +94,7 @@ VALIDATE = Step(
 TRAIN = Step(
     name="train", run="tasks.train:train_step",
     deps=(MANIFEST, LABELS, VALIDATION_RESULTS),
-    params=("classes", "seed", "model", "training", "mc_iterations", "inference"),
+    params=("classes", "seed", "model", "training", "mc_iterations", "inference", "calibration"),
     outs=(Output(MODEL),
           Output(TRAIN_METRICS, cache=False, kind="metrics"),
           Output(ROUNDS_METRICS, cache=False, persist=True, kind="plots",
@@ -111,11 +111,16 @@ SCORE = Step(
 )
 QUERY = Step(
     name="query", run="tasks.query:query_step",
-    deps=(SCORES, MANIFEST),
-    params=("classes", "seed", "heuristic", "query_size"),
+    # MODEL, LABELS, ROUNDS_METRICS and the stopping params: the round's stopping decisions (tasks/stopping.py)
+    deps=(SCORES, MANIFEST, MODEL, LABELS, ROUNDS_METRICS),
+    params=("classes", "seed", "heuristic", "query_size", "stopping", "stop_set_size", "model", "mc_iterations",
+            "inference"),
     outs=(Output(QUERIES, cache=False, persist=True),  # round-N.csv, .labelstudio.json, .png (thumbnails)
-          Output(SCORE_HISTOGRAM, cache=False, kind="plots")),
-    help="select the next queries; export CSV + Label Studio tasks, thumbnails, pool-score histogram",
+          Output(SCORE_HISTOGRAM, cache=False, kind="plots"),
+          Output(STOP_SET, cache=False, persist=True),  # the stop set: read back the next round
+          Output(STOPPING, cache=False, kind="metrics")),
+    help="select the next queries; export CSV + Label Studio tasks, thumbnails, pool-score histogram; "
+         "stopping decisions",
 )
 #: The demo workspace's first stage: materialise the bundled MNIST pool (not part of a round).
 PREPARE = Step(
@@ -170,6 +175,20 @@ def _has_held_out_labels(root: Path) -> bool:
     return bool(set(ws.labels()["id"]) & ws.held_out_ids())
 
 
+def _params_present(root: Path) -> set[str] | None:
+    """Top-level keys of ``root/params.yaml`` (None when it does not exist or is no mapping yet)."""
+    from tasks.workspace import PARAMS_FILE
+
+    path = root / PARAMS_FILE
+    if not path.is_file():
+        return None
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return None  # parse_params reports it, naming the file
+    return set(raw) if isinstance(raw, dict) else None
+
+
 def render_dvc_yaml(document: dict) -> str:
     header = ("# Generated from the step declarations in tasks/pipeline.py (`al round` keeps it in sync):\n"
               "# each stage runs `al stage NAME`, the same code as the Prefect round flow.\n")
@@ -184,7 +203,11 @@ def _stage(step: Step, root: Path, held_out: bool) -> dict:
     deps = list(step.deps) + code
     if deps:
         stage["deps"] = deps
-    params: list = list(step.params)
+    present = _params_present(root)
+    # A key params.yaml leaves out takes its default from tasks/workspace.py (a code dependency of
+    # every step); DVC would refuse to track a key the file lacks (MissingParamsError), so a
+    # workspace made before a parameter existed keeps working.
+    params: list = [p for p in step.params if present is None or p in present]
     if step.reads_round:
         params.append({ROUND_FILE: ["round"]})
     stage["params"] = params

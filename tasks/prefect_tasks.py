@@ -107,6 +107,9 @@ def round_report(ws: Workspace, round: int, metrics: dict) -> str:
     test = labels[held_out]["label"].value_counts().reindex(classes, fill_value=0)
     lines = [f"# Round {round}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    from tasks.stopping import read_stopping, stopping_lines
+
+    lines += ["", "## Stopping", ""] + [f"- {line.removeprefix('stopping: ')}" for line in stopping_lines(read_stopping(ws))]
     lines += ["", "## Labels per class", "", "| class | trained on | held out (measure the model) |", "|---|---|---|"]
     lines += [f"| {c} | {train[c]} | {test[c]} |" for c in classes]
     figures = (("Images to label next", ws.query_thumbnails(round), "queried images",

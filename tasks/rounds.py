@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from tasks import dvc_repo, git_repo
 from tasks.commands import VersioningError
+from tasks.fault_points import fault_point
 from tasks.workspace import (
     IMAGES_DIR, LABELS, MANIFEST, PARAMS_FILE, PROCESSED, QUERIES, ROUND_FILE, VALIDATION_RESULTS,
     Workspace,
@@ -121,6 +122,7 @@ def record_round(ws: Workspace, round: int, message: str) -> str:
     snapshot_labels(ws)
     paths = [p for p in ROUND_PATHS if ws.path(p).exists() or _tracked(ws, p)]
     sha = git_repo.commit_paths(ws.root, paths, f"round {round}: {message}")
+    fault_point("record:committed")
     tag = round_tag(round)
     commit = sha or git_repo.head_commit(ws.root)
     if git_repo.tag_commit(ws.root, tag) != commit:

@@ -6,13 +6,15 @@ import io
 import json
 import logging
 
+import numpy as np
 import pandas as pd
 import torch
 
 from al_lib.bayesian import Ensemble
+from al_lib.calibration import calibrate_fitted, calibrated_from_state
 from al_lib.inference import predict_mc
 from al_lib.metrics import evaluate
-from al_lib.models import load_weights
+from al_lib.models import load_weights, read_state_dict
 from al_lib.plotting import plot_learning_curves
 from al_lib.training import fit
 from tasks.datasets import load_workspace_data
@@ -34,13 +36,14 @@ def build_workspace_model(ws: Workspace, params: Params, *, load_weights: bool =
 def load_workspace_model(ws: Workspace, params: Params) -> torch.nn.Module:
     """The checkpoint of the last training step (weights only, never pickled code), in the
     architecture of the same ``params.model`` (its weights file is not needed: the checkpoint
-    holds every weight)."""
+    holds every weight) — with the calibrator the train step fitted after it when the checkpoint
+    holds one (``params.calibration``: :func:`al_lib.calibration.calibrated_from_state`)."""
     path = ws.path(MODEL)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained model yet — run the train step first")
     model = build_workspace_model(ws, params, load_weights=False)
     # weights_only=True; a file that is no state dict of this architecture: ValueError naming it
-    return load_weights(model, path)
+    return load_weights(calibrated_from_state(model, read_state_dict(path)), path)
 
 
 def train_step(ws: Workspace, round: int, *, device=None, progress: bool = False) -> dict:
@@ -66,19 +69,42 @@ def train_step(ws: Workspace, round: int, *, device=None, progress: bool = False
                    seed=round_seed(params.seed, round, "train" if len(members) == 1 else f"train-member-{m}"))
                for m, member in enumerate(members)]
     metrics = {"round": round, "n_labelled": len(train_set), **_fit_metrics(results)}
+    calibrated = None
+    if params.calibration != "none":
+        calibrated = _calibrate(model, train_set, params, round, device=device, progress=progress)
+        metrics.update(calibrated.metrics("val"))
     eval_set = data.eval_set()
     if len(eval_set):
         probs = predict_mc(model, eval_set, iterations=params.mc_iterations, device=device,
                            seed=round_seed(params.seed, round, "evaluate"), progress=progress,
                            batch_size=params.inference.get("batch_size", 256))
-        scores = evaluate(probs, [label for _, label in (eval_set[i] for i in range(len(eval_set)))])
+        targets = [label for _, label in (eval_set[i] for i in range(len(eval_set)))]
+        if calibrated is not None:  # the same MC samples through the calibrator: no second pass
+            before = evaluate(probs, targets)
+            metrics.update({f"test_{k}_before": before[k] for k in ("ece", "nll")})
+            probs = calibrated.model.calibrate_probs(probs)
+        scores = evaluate(probs, targets)
         metrics.update({f"test_{k}": scores[k] for k in ("accuracy", "nll", "ece", "macro_f1")}, n_test=len(eval_set))
-    _save(ws, model, metrics)
+        if calibrated is not None:
+            metrics.update({f"test_{k}_after": scores[k] for k in ("ece", "nll")})
+    _save(ws, model if calibrated is None else calibrated.model, metrics)
     for m, result in enumerate(results):
         member = f" (ensemble member {m + 1}/{len(results)})" if len(results) > 1 else ""
         logger.info("round %d: trained on %d labels in %d epochs, %.1f s (%s)%s", round, len(train_set),
                     result.epochs_run, result.seconds, result.message, member)
     return metrics
+
+
+def _calibrate(model: torch.nn.Module, train_set, params: Params, round: int, *, device, progress: bool):
+    """``params.calibration`` fitted on the validation split ``fit`` held out of ``train_set``
+    (the fit's seed) with the round's MC iterations: a :class:`al_lib.calibration.CalibrationResult`."""
+    # labels from the table, no image decoded: val ⊂ train_set ⊂ the labelled view
+    labels = np.asarray(train_set.dataset.labels, dtype=np.int64)[np.asarray(train_set.indices, dtype=np.int64)]
+    return calibrate_fitted(model, train_set, params.calibration, fit_seed=round_seed(params.seed, round, "train"),
+                            n_classes=len(params.classes), val_fraction=params.training.get("val_fraction"),
+                            targets_of=lambda val: labels[np.asarray(val.indices, dtype=np.int64)],
+                            iterations=params.mc_iterations, batch_size=params.inference.get("batch_size", 256),
+                            device=device, seed=round_seed(params.seed, round, "calibrate"), progress=progress)
 
 
 def _fit_metrics(results: list) -> dict:
@@ -121,7 +147,13 @@ def _upsert_round_row(ws: Workspace, metrics: dict) -> None:
 
 
 def plot_rounds(ws: Workspace, rows: pd.DataFrame) -> None:
-    """metrics/learning_curve.png: test accuracy (held-out split) when known, else validation accuracy."""
-    y = "test_accuracy" if "test_accuracy" in rows and rows["test_accuracy"].notna().any() else "val_accuracy"
-    if y in rows and rows[y].notna().any():
-        plot_learning_curves({ws.root.name: rows}, y=y, path=ws.path(LEARNING_CURVE), title="learning curve")
+    """metrics/learning_curve.png: test accuracy (held-out split) when known, else validation accuracy;
+    with neither (no test labels, ``training.val_fraction: 0``) the training loss, and the title says
+    why — the plot is a declared output of the step, so it is always written."""
+    title = "learning curve"
+    for y in ("test_accuracy", "val_accuracy", "train_loss"):
+        if y in rows and rows[y].notna().any():
+            break
+    if y == "train_loss":
+        title = "training loss (no test labels and no validation split: add held-out images for accuracy)"
+    plot_learning_curves({ws.root.name: rows}, y=y, path=ws.path(LEARNING_CURVE), title=title)

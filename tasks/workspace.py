@@ -34,6 +34,8 @@ TRAIN_METRICS = "metrics/train.json"
 ROUNDS_METRICS = "metrics/rounds.csv"
 LEARNING_CURVE = "metrics/learning_curve.png"
 SCORE_HISTOGRAM = "metrics/pool_scores.png"
+STOP_SET = "metrics/stop_set.csv"  # the stop set's ids and each round's predicted class (stopping criteria)
+STOPPING = "metrics/stopping.json"  # the round's stopping decisions
 VALIDATION = "validation"
 VALIDATION_RESULTS = "validation/results.json"
 DATA_DOCS = "validation/data_docs"
@@ -64,16 +66,50 @@ class Params:
     seed: int = 0
     initial_labels: int = 20
     model: dict[str, Any] = field(default_factory=lambda: {"name": "gal_cnn", "input_shape": [1, 28, 28]})
-    training: dict[str, Any] = field(default_factory=lambda: {
-        "max_epochs": 50, "patience": 5, "val_fraction": 0.2, "batch_size": 32, "lr": 0.001, "weight_decay": 0.0001})
+    training: dict[str, Any] = field(default_factory=lambda: _default_training())
     inference: dict[str, Any] = field(default_factory=lambda: {"batch_size": 256})
+    #: Post-hoc calibration fitted by the train step on fit's validation split (al_lib.calibration):
+    #: "none", "temperature" or "dirichlet"; the score step then scores calibrated probabilities.
+    calibration: str = "none"
+    #: Stopping criteria (al_lib.stopping), ``[{name: kappa_average, threshold: 0.99}, ...]``; what a
+    #: fired one does (``report``, or ``pause`` the schedule of the deployment that ran the round);
+    #: the size of the fixed stop set whose predictions the stop-set criteria compare.
+    stopping: list = field(default_factory=list)
+    stopping_action: str = "report"
+    stop_set_size: int = 1000
+    #: How simulation's round-0 initial labels are chosen: "random", or a cold-start strategy
+    #: ("typiclust", "probcover") on the untrained model's features (tasks/oracle.py).
+    initial_strategy: str = "random"
+    #: The options of ``heuristic`` / ``initial_strategy``: in params.yaml their mapping form,
+    #: ``heuristic: {name: probcover, delta: 0.5}`` (so DVC tracks them as the ``heuristic`` param).
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    initial_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(int(v) for v in self.model["input_shape"])
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        """The params.yaml mapping (a strategy with options in its mapping form)."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in _OPTIONS.values()}
+        for key, options in _OPTIONS.items():
+            if getattr(self, options):
+                out[key] = {"name": out[key], **getattr(self, options)}
+        return out
+
+
+#: params.yaml keys that name a strategy, and the Params field holding the options of their mapping form.
+_OPTIONS = {"heuristic": "strategy_options", "initial_strategy": "initial_options"}
+#: The strategies that can choose the initial labels (they need no trained model).
+INITIAL_STRATEGIES = ("random", "typiclust", "probcover")
+
+
+def _default_training() -> dict[str, Any]:
+    """``training:`` when params.yaml has none: al_lib's protocol for few labels (imported on use:
+    torch loads with it)."""
+    from al_lib.training import ACTIVE_LEARNING_TRAINING
+
+    return dict(ACTIVE_LEARNING_TRAINING)
 
 
 def _check(condition: bool, path: Path, name: str, message: str) -> None:
@@ -83,12 +119,13 @@ def _check(condition: bool, path: Path, name: str, message: str) -> None:
 
 def parse_params(raw: dict[str, Any], path: Path) -> Params:
     """Validate the mapping read from ``path`` and build :class:`Params`."""
-    from al_lib.strategies import EMBEDDING_STRATEGIES, available_strategies
+    from al_lib.strategies import available_strategies
 
     _check(isinstance(raw, dict), path, "(top level)", "must be a mapping")
     raw = {k: v for k, v in raw.items() if k not in STAGE_SECTIONS}
-    unknown = set(raw) - set(Params.__dataclass_fields__)
+    unknown = set(raw) - (set(Params.__dataclass_fields__) - set(_OPTIONS.values()))
     _check(not unknown, path, ",".join(sorted(unknown)), "is not a known parameter")
+    raw = {**raw, **_strategy_mappings(raw, path)}
     classes = raw.get("classes")
     _check(isinstance(classes, list) and len(classes) >= 2, path, "classes", "must list at least 2 class names")
     classes = [str(c) for c in classes]
@@ -96,13 +133,15 @@ def parse_params(raw: dict[str, Any], path: Path) -> Params:
     params = Params(**{**raw, "classes": classes})
     _check(params.heuristic in available_strategies(), path, "heuristic",
            f"must be one of {available_strategies()}, got {params.heuristic!r}")
-    _check(params.heuristic not in EMBEDDING_STRATEGIES, path, "heuristic",
-           f"{params.heuristic!r} runs in al_lib (acquire, simulate) but not yet in a workspace round: "
-           f"choose one of {sorted(set(available_strategies()) - set(EMBEDDING_STRATEGIES))}")
+    _check(params.initial_strategy in INITIAL_STRATEGIES, path, "initial_strategy",
+           f"must be one of {list(INITIAL_STRATEGIES)}, got {params.initial_strategy!r}")
+    _check_strategy_options(params, path)
     for name in ("mc_iterations", "query_size", "initial_labels"):
         value = getattr(params, name)
         _check(_is_int(value) and value >= 1, path, name, f"must be an integer >= 1, got {value!r}")
     _check_training(params, path)
+    _check_calibration(params, path)
+    _check_stopping(params, path)
     _check(isinstance(params.seed, int), path, "seed", f"must be an integer, got {params.seed!r}")
     sub = params.pool_subsample
     _check(sub is None or (isinstance(sub, int) and sub >= 1) or (isinstance(sub, float) and 0 < sub <= 1),
@@ -113,6 +152,108 @@ def parse_params(raw: dict[str, Any], path: Path) -> Params:
            f"must equal model.ensemble_size ({spec.ensemble_size}: each member is one MC sample) "
            f"with model.mc 'ensemble', got {params.mc_iterations!r}")
     return params
+
+
+def _strategy_mappings(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The ``heuristic: {name: ..., <option>: ...}`` mapping forms as name + options fields."""
+    out: dict[str, Any] = {}
+    for key, options in _OPTIONS.items():
+        value = raw.get(key)
+        if isinstance(value, dict):
+            _check(isinstance(value.get("name"), str), path, f"{key}.name",
+                   f"must name the strategy (a string), got {value.get('name')!r}")
+            out[key], out[options] = value["name"], {k: v for k, v in value.items() if k != "name"}
+        elif key in raw:
+            _check(isinstance(value, str), path, key, f"must be a strategy name or a mapping with 'name', got {value!r}")
+    return out
+
+
+def _check_strategy_options(params: Params, path: Path) -> None:
+    """Each option of ``heuristic`` / ``initial_strategy`` is one its strategy takes, with a value
+    it accepts (the strategy is built once here); ParamsError naming ``heuristic.<option>``."""
+    from tasks.strategy import round_settings, strategy_from, strategy_options
+
+    for key, options in _OPTIONS.items():
+        name, values = getattr(params, key), getattr(params, options)
+        settings = round_settings(name)
+        try:
+            known = strategy_options(name, len(params.classes)) | set(settings)
+        except (TypeError, ValueError) as err:  # a strategy that cannot be built without options
+            known = set(values)
+            _check(bool(values), path, key, str(err))
+        for option, value in values.items():
+            _check(option in known, path, f"{key}.{option}",
+                   f"is not an option of {name!r} (known: {', '.join(sorted(known)) or 'none'})")
+            _check(value is None or isinstance(value, (int, float, str)), path, f"{key}.{option}",
+                   f"must be a number, a string or null, got {value!r}")
+            _check(option not in settings or value in settings[option], path, f"{key}.{option}",
+                   f"must be one of {list(settings.get(option, ()))}, got {value!r}")
+        try:
+            strategy_from(name, values, len(params.classes))
+        except (TypeError, ValueError) as err:
+            bad = [o for o in values if o in str(err)]
+            raise ParamsError(f"{path}: field {(key + '.' + bad[0]) if bad else key!r} {err}") from None
+
+
+def _check_stopping(params: Params, path: Path) -> None:
+    """``stopping:`` builds with :func:`al_lib.stopping.criteria_from_config` (a ``delta_f``
+    ``positive`` is a class name, needed with more than 2 classes); ParamsError naming
+    ``stopping[i].<field>``."""
+    from al_lib.stopping import criteria_from_config
+    from al_lib.transforms import ConfigError
+
+    entries = params.stopping
+    _check(isinstance(entries, list), path, "stopping", f"must be a list of criteria, got {entries!r}")
+    for i, entry in enumerate(entries):
+        if isinstance(entry, dict) and entry.get("name") == "delta_f":
+            positive = entry.get("positive", params.classes[1] if len(params.classes) == 2 else None)
+            _check(positive is not None, path, f"stopping[{i}].positive",
+                   f"must name the class whose F is tracked when there are {len(params.classes)} classes")
+            _check(str(positive) in params.classes, path, f"stopping[{i}].positive",
+                   f"must be one of the classes {params.classes}, got {positive!r}")
+    try:
+        criteria_from_config([_criterion_config(e, params.classes) for e in entries])
+    except ConfigError as err:
+        raise ParamsError(f"{path}: field {err.key!r} {err.reason}") from None
+    _check(params.stopping_action in ("report", "pause"), path, "stopping_action",
+           f"must be 'report' or 'pause', got {params.stopping_action!r}")
+    _check(_is_int(params.stop_set_size) and params.stop_set_size >= 1, path, "stop_set_size",
+           f"must be an integer >= 1, got {params.stop_set_size!r}")
+
+
+def _criterion_config(entry, classes: list[str]):
+    """A ``stopping:`` entry as al_lib takes it (``delta_f``'s ``positive`` class name → its index)."""
+    if isinstance(entry, dict) and entry.get("name") == "delta_f":
+        positive = entry.get("positive", classes[1] if len(classes) == 2 else None)
+        return {**entry, "positive": classes.index(str(positive))}
+    return entry
+
+
+def stopping_criteria(params: Params) -> list:
+    """The round's :mod:`al_lib.stopping` criteria, from ``params.stopping`` (validated)."""
+    from al_lib.stopping import criteria_from_config
+
+    return criteria_from_config([_criterion_config(e, params.classes) for e in params.stopping])
+
+
+def _check_calibration(params: Params, path: Path) -> None:
+    """``calibration`` is one of :data:`al_lib.calibration.CALIBRATION_METHODS`, and not with a deep
+    ensemble (its members each hold out their own validation split: none is unseen by all)."""
+    from al_lib.calibration import CALIBRATION_METHODS
+
+    _check(params.calibration in CALIBRATION_METHODS, path, "calibration",
+           f"must be one of {list(CALIBRATION_METHODS)}, got {params.calibration!r}")
+    _check(params.calibration == "none" or params.model.get("mc") != "ensemble", path, "calibration",
+           f"{params.calibration!r} cannot be fitted for model.mc 'ensemble' (each member holds out its own "
+           "validation split); use 'none'")
+    import inspect
+
+    from al_lib.training import fit
+
+    val_fraction = params.training.get("val_fraction", inspect.signature(fit).parameters["val_fraction"].default)
+    _check(params.calibration == "none" or (isinstance(val_fraction, (int, float)) and val_fraction > 0), path,
+           "calibration", f"{params.calibration!r} is fitted on the validation split: set training.val_fraction "
+           f"> 0 (e.g. 0.2), got {val_fraction!r}")
 
 
 def _is_int(value) -> bool:

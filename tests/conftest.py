@@ -1,4 +1,9 @@
-"""Test-wide environment: offline, no analytics, Prefect state in a temp dir (never ~/.prefect)."""
+"""Test-wide environment: offline, no analytics, Prefect state in a temp dir (never ~/.prefect).
+
+Shared test helpers are imported relative to tests/ (on sys.path through this conftest), e.g.
+``from heuristics.test_scores import random_probs`` — never as ``tests.…``: small-text's wheel (a
+test-only reference) installs a top-level ``tests`` package, which would shadow ours.
+"""
 
 import os
 import tempfile

@@ -243,6 +243,11 @@ def test_invalid_json_reports_line_and_column(inbox):
     assert "invalid JSON at line 3, column 19" in str(error)
 
 
+def test_json_nested_past_the_recursion_limit_is_a_bad_file_not_a_crash(inbox):
+    error = raises(write(inbox, "deep.json", "[" * 100_000 + "]" * 100_000))
+    assert "is nested too deeply to be an annotation export" in str(error) and "deep.json" in str(error)
+
+
 @pytest.mark.parametrize("content, field, needle", [
     ({"data": {}}, None, "expected a list of tasks"),
     (["s1"], None, "expected a task object, got a JSON string"),

@@ -162,3 +162,16 @@ def test_simulate_runs_an_embedding_strategy():
                   test_set=data, strategy="coreset", initial_labels=6, query_size=4, rounds=2, iterations=3,
                   fit_kwargs={"max_epochs": 2}, progress=False, n_classes=3)
     assert len(df) == 2 and len(df.queried_ids[0]) == 4
+
+
+def test_probcover_without_delta_uses_the_papers_automatic_radius():
+    from al_lib.heuristics.diversity import probcover, probcover_delta
+
+    with pytest.raises(ValueError, match="n_clusters"):
+        get_strategy("probcover", delta=None)
+    auto = get_strategy("probcover", n_clusters=4)
+    picks, _ = acquire(None, POOL, auto, 5, seed=2, features=lambda x: x, progress=False,
+                       select_seed=11)
+    rng = np.random.default_rng(11)
+    delta = probcover_delta(X, 4, seed=rng)
+    assert picks.tolist() == probcover(X, 5, delta=delta, seed=rng).tolist()

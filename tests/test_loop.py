@@ -109,3 +109,42 @@ def test_random_baseline_arm_shares_seed_initial_labels_and_weights(digits_split
     assert bald["queried_ids"].iloc[0] != rand["queried_ids"].iloc[0]
     with pytest.raises(ValueError, match="must differ"):
         simulate_with_baseline(pool, mlp, strategy="random", **args)
+
+
+@pytest.mark.parametrize("strategy", ["badge", "coreset", "typiclust", "probcover", "epig", "class_balanced"])
+def test_embedding_strategies_run_in_simulate_by_name(digits_split, strategy):
+    """simulate (and the study, which calls it with a name) runs every embedding strategy: the
+    labelled set, target set and features are provided; probcover's δ is chosen automatically."""
+    quick = dict(rounds=2, pool_subsample=120, iterations=4, fit_kwargs={**FAST_FIT, "max_epochs": 3})
+    frame = run(digits_split, strategy, 2, **quick)
+    assert frame.n_labelled.tolist() == [20, 30]
+    queried = frame.queried_ids.iloc[0]
+    assert len(queried) == len(set(queried)) == 10
+    assert not set(queried) & set(frame.attrs["initial_ids"])
+    assert run(digits_split, strategy, 2, **quick).queried_ids.iloc[0] == queried
+
+
+def test_a_validation_set_outside_the_pool_early_stops_every_round(digits_split):
+    pool, test = digits_split
+    fit_kwargs = {"max_epochs": 15, "patience": 1, "val_fraction": 0.0, "lr": 3e-2, "batch_size": 32}
+    args = dict(test_set=Subset(test, range(200, 400)), initial_labels=20, query_size=10, rounds=2, iterations=2, seed=0, progress=False,
+                fit_kwargs=fit_kwargs, strategy="random")
+    fixed = simulate(pool, mlp, **args)
+    stopped = simulate(pool, mlp, val_set=Subset(test, range(200)), **args)
+    assert fixed.epochs.tolist() == [15, 15]  # no validation: all epochs
+    assert all(e < 15 for e in stopped.epochs)  # early stopping on the given set
+    assert stopped.n_labelled.tolist() == [20, 30]  # which costs no labels
+
+
+def test_calibration_is_fitted_each_round_and_shares_the_runs_seeds(digits_split):
+    fit_kwargs = dict(FAST_FIT, max_epochs=15, val_fraction=0.5)
+    quick = dict(initial_labels=40, rounds=2, iterations=4, pool_subsample=100, fit_kwargs=fit_kwargs)
+    plain = run(digits_split, "bald", 4, **quick)
+    scaled = run(digits_split, "bald", 4, calibration="temperature", **quick)
+    assert (scaled.temperature > 0).all() and "calibration_skipped" not in scaled
+    # the same training and test MC samples as the uncalibrated run: its metrics are the "before"
+    assert scaled.ece_uncalibrated.iloc[0] == pytest.approx(plain.ece.iloc[0])
+    assert scaled.nll_uncalibrated.iloc[0] == pytest.approx(plain.nll.iloc[0])
+    assert scaled.epochs.iloc[0] == plain.epochs.iloc[0]
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        run(digits_split, "bald", 4, calibration="platt", **quick)

@@ -25,8 +25,8 @@ from al_lib.strategies import (
     get_strategy,
     merge_scored_pools,
 )
-from tests.heuristics.test_batch_bald import brute_force_joint_mi
-from tests.heuristics.test_scores import random_probs
+from heuristics.test_batch_bald import brute_force_joint_mi
+from heuristics.test_scores import random_probs
 
 NAMES = ["bald", "entropy", "margin", "least_confidence", "variation_ratio", "mean_std", "random",
          "batch_bald", "power_bald", "power_entropy", "softmax_bald", "softrank_bald"]

@@ -107,3 +107,10 @@ def test_source_from_images_uses_the_held_out_split():
     assert torch.equal(source.test.x[2], x[11])
     without = source_from_images("mine", ArrayDataset(x), targets, ["a", "b"], None, lambda seed: None)
     assert len(without.pool) + len(without.test) == 11 and len(without.test) == 3
+
+
+def test_a_calibration_setting_reaches_simulate():
+    record = run_cell(_tiny("baseline", "standard", calibration="temperature", initial_labels=50,
+                            fit_kwargs={"max_epochs": 3, "val_fraction": 0.5, "batch_size": 64}), device="cpu")
+    assert record["config"]["settings"]["calibration"] == "temperature"
+    assert all(r["temperature"] > 0 and "ece_uncalibrated" in r for r in record["rows"])

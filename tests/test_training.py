@@ -201,6 +201,7 @@ def test_sgd_custom_loss_and_batchnorm_with_single_sample_last_batch(digits):
         ({"max_epochs": 0}, "max_epochs"),
         ({"patience": 0}, "patience"),
         ({"batch_size": 0}, "batch_size"),
+        ({"min_samples_per_epoch": -1}, "min_samples_per_epoch"),
     ],
 )
 def test_bad_arguments(digits, kwargs, match):
@@ -251,3 +252,60 @@ def test_augment_applies_to_training_items_only_and_is_seeded(digits):
     plain = _cnn()
     fit(plain, data, max_epochs=2, patience=None, batch_size=32, val_fraction=0.2, seed=4, **FAST)
     assert not torch.equal(plain.state_dict()["classifier.1.weight"], runs[0]["classifier.1.weight"])
+
+
+def test_min_samples_per_epoch_draws_fixed_length_epochs_of_repeated_passes(digits):
+    train, _ = digits
+    seen = []
+
+    class Recording(torch.utils.data.Dataset):
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            seen.append(i)
+            return train[i]
+
+    # 30 samples, 100 per epoch: passes 1-3 whole, the fourth cut short; 3 epochs.
+    result = fit(_mlp(hidden=8), Recording(30), val_fraction=0, max_epochs=3, min_samples_per_epoch=100,
+                 batch_size=16, **FAST)
+    assert result.epochs_run == 3 and len(seen) == 300 and result.samples_per_epoch == 100
+    assert result.message.endswith("(epochs of 100 samples drawn from 30)")
+    for epoch in range(3):
+        counts = np.bincount(seen[epoch * 100:(epoch + 1) * 100], minlength=30)
+        assert sorted(set(counts)) == [3, 4]  # every sample 3 or 4 times per epoch
+        assert sorted(seen[epoch * 100:epoch * 100 + 30]) == list(range(30))  # a whole pass first
+    # A training set at least that large: one ordinary pass per epoch.
+    seen.clear()
+    result = fit(_mlp(hidden=8), Recording(120), val_fraction=0, max_epochs=2, min_samples_per_epoch=100, **FAST)
+    assert len(seen) == 240 and sorted(seen[:120]) == list(range(120))
+    assert result.samples_per_epoch == 120 and "drawn from" not in result.message
+
+
+def test_min_samples_per_epoch_is_seeded_and_trains_a_few_labels_better(digits):
+    train, val = digits
+    few = Subset(train, range(30))
+    x, y = val.tensors
+    runs = {}
+    for name, per_epoch, seed, epochs in (("pass", 0, 3, 4), ("fixed", 320, 3, 4), ("fixed again", 320, 3, 4),
+                                          ("other seed", 320, 4, 1), ("first epoch", 320, 3, 1)):
+        model = _mlp(hidden=64)
+        fit(model, few, val_fraction=0, max_epochs=epochs, min_samples_per_epoch=per_epoch, batch_size=32,
+            lr=1e-2, seed=seed, **FAST)
+        runs[name] = (model, metrics.accuracy(predict_proba(model, val), y))
+    assert _same_weights(runs["fixed"][0], runs["fixed again"][0])
+    assert not _same_weights(runs["first epoch"][0], runs["other seed"][0])  # the seed decides the draw
+    # 4 one-step epochs barely move a fresh net; 4 epochs of 320 samples (40 steps) fit the 30 labels.
+    assert runs["fixed"][1] > runs["pass"][1] + 0.3, (runs["fixed"][1], runs["pass"][1])
+    assert runs["fixed"][1] > 0.6
+
+
+def test_min_samples_per_epoch_validates_each_fixed_length_epoch(digits):
+    train, val = digits
+    result = fit(_mlp(hidden=16), Subset(train, range(40)), val_set=val, max_epochs=4, patience=None,
+                 min_samples_per_epoch=200, **FAST)
+    assert result.n_train == 40 and result.n_val == len(val)  # a given val_set takes no training labels
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4] and result.early_stopping

@@ -38,6 +38,7 @@ __all__ = [
     "gradient_embeddings",
     "kcenter_greedy",
     "probcover",
+    "probcover_delta",
     "typicality",
     "typiclust",
 ]
@@ -427,6 +428,71 @@ def probcover(features_nd, k: int, *, delta: float, labelled_ld=None, seed: Seed
             hit = np.concatenate([nbrs[indptr[m] : indptr[m + 1]] for m in new.tolist()])
             degree -= np.bincount(hit, minlength=n)
     return _indices(picks, was_numpy, x.device)
+
+
+def probcover_delta(features_nd, n_clusters: int, *, alpha: float = 0.95, cluster_labels=None,
+                    seed: SeedLike = None, max_work_bytes: int | None = None) -> float:
+    """ProbCover's automatic ball radius: the largest δ whose balls stay ``alpha``-pure.
+
+    Yehuda et al. 2022 (section 4.2): cluster the embedding with k-means into ``n_clusters``
+    clusters (the number of classes) and use the clusters as pseudo-labels; the ball of x is
+    *pure* when every sample within δ of x is in x's cluster, and the *purity* of δ is the fraction
+    of pure balls. Purity falls as δ grows; the paper takes the largest δ with purity ≥ α = 0.95.
+
+    Exactly, with no grid: x's ball is pure iff ``δ < r_x``, ``r_x`` = the distance from x to the
+    nearest sample of another cluster, so purity(δ) = #{x: r_x > δ} / N and the answer is just below
+    the ``(N - ceil(α N) + 1)``-th smallest ``r_x`` (returned times ``1 - 1e-6``, so that the
+    balls of :func:`probcover`, ``|x - y| <= δ``, keep the purity). Memory: the distances in blocks
+    of ``max_work_bytes``; time O(N² D), like the ball graph itself.
+
+    Parameters
+    ----------
+    features_nd : array or tensor ``[N, D]``
+    n_clusters : int >= 2, the clusters of the pseudo-labels (the number of classes)
+    alpha : float in (0, 1], the purity to keep (the paper's 0.95)
+    cluster_labels : int array ``[N]`` or None: pseudo-labels to use instead of k-means.
+    seed : int, numpy Generator or None: k-means' initialisation.
+    max_work_bytes : int, optional: the bound of one block of distances.
+
+    Returns
+    -------
+    delta : float > 0
+
+    Raises
+    ------
+    ValueError
+        Fewer than 2 non-empty clusters, or no δ > 0 is α-pure (samples of different clusters at
+        the same point).
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha <= 1:
+        raise ValueError(f"alpha must be a number in (0, 1], got {alpha!r}")
+    x, _ = _features(features_nd, "features_nd")
+    n = x.shape[0]
+    if cluster_labels is None:
+        if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or n_clusters < 2:
+            raise ValueError(f"n_clusters must be an int >= 2, got {n_clusters!r}")
+        from sklearn.cluster import KMeans
+
+        seed_int = int(check_random_state(seed).integers(2**31))
+        cluster_labels = KMeans(n_clusters=min(int(n_clusters), n), n_init=1,
+                                random_state=seed_int).fit_predict(x.double().cpu().numpy())
+    labels = torch.as_tensor(np.asarray(cluster_labels, dtype=np.int64), device=x.device)
+    if labels.shape != (n,):
+        raise ValueError(f"cluster_labels must be [N] = [{n}], got shape {tuple(labels.shape)}")
+    if len(torch.unique(labels)) < 2:
+        raise ValueError("probcover_delta needs at least 2 non-empty clusters")
+    x_sq = (x * x).sum(1)
+    step = _block_rows(n, x.element_size(), max_work_bytes)
+    r_sq = torch.empty(n, dtype=x.dtype, device=x.device)
+    for s in range(0, n, step):
+        block = _sq_dists(x[s : s + step], x, x_sq[s : s + step], x_sq)
+        block[labels[s : s + step, None] == labels[None, :]] = float("inf")
+        r_sq[s : s + step] = block.amin(1)
+    m = int(np.ceil(alpha * n - 1e-9))  # balls that must stay pure
+    bound = float(torch.sort(r_sq).values[n - m].sqrt())
+    if not bound > 0:
+        raise ValueError(f"no delta > 0 keeps {alpha:.0%} of the balls pure: samples of different clusters coincide")
+    return bound * (1 - 1e-6)
 
 
 # --- class balance ------------------------------------------------------------------------------

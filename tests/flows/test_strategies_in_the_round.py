@@ -3,7 +3,9 @@
 One workspace trains round 0 once; each strategy then re-runs the score and query steps of that
 round (``al round --rerun`` after changing ``heuristic``: DVC re-runs exactly those two), and the
 exported scores are checked against the strategy's definition on the model's own MC
-probabilities, recomputed here.
+probabilities, recomputed here. The embedding strategies' queries are checked against
+``al_lib.acquisition.acquire`` on the same model, pool, labelled set and seeds (the pipeline and
+the library agree). Cold start: tests/tasks/test_cold_start.py; params: tests/tasks/test_strategy.py.
 """
 
 import shutil
@@ -21,7 +23,7 @@ from flows.round import al_round
 from tasks.datasets import load_workspace_data
 from tasks.seeds import round_seed
 from tasks.train import load_workspace_model
-from tasks.workspace import ParamsError, Workspace, parse_params
+from tasks.workspace import Workspace
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 PER_SAMPLE = {"bald": "bald", "entropy": "entropy", "margin": "margin", "least_confidence": "least_confidence",
@@ -45,18 +47,59 @@ def _copy(ws: Workspace, dst) -> Workspace:
     return Workspace(dst)
 
 
-#: What a workspace round runs: the embedding strategies need features / a labelled or target set.
+#: The strategies whose exported scores are per-sample scores of the MC probabilities.
 ROUND_STRATEGIES = sorted(set(available_strategies()) - set(EMBEDDING_STRATEGIES))
+#: params.yaml ``heuristic`` of each embedding strategy: badge keeps a candidate subsample smaller
+#: than the scored pool (40), probcover chooses its delta automatically, epig scores against the
+#: held-out inputs.
+EMBEDDING_PARAMS = {
+    "badge": {"name": "badge", "max_candidates": 30},
+    "coreset": "coreset",
+    "typiclust": {"name": "typiclust", "n_neighbors": 5, "min_cluster_size": 2},
+    "probcover": "probcover",
+    "epig": {"name": "epig", "target": "held_out", "target_size": 50},
+    "class_balanced": {"name": "class_balanced", "heuristic": "bald"},
+}
 
 
 def test_every_strategy_is_covered():
     assert set(PER_SAMPLE) | {"random", "batch_bald"} == set(ROUND_STRATEGIES)
+    assert set(EMBEDDING_PARAMS) == set(EMBEDDING_STRATEGIES)
 
 
 @pytest.mark.parametrize("strategy", EMBEDDING_STRATEGIES)
-def test_embedding_strategies_are_refused_by_params_yaml(strategy, tmp_path):
-    with pytest.raises(ParamsError, match="not yet in a workspace round"):
-        parse_params({"classes": ["a", "b"], "heuristic": strategy}, tmp_path / "params.yaml")
+def test_embedding_strategies_pick_what_acquire_picks(trained, strategy, tmp_path):
+    from al_lib.acquisition import acquire
+    from tasks.score import plan_scoring
+    from tasks.strategy import workspace_strategy
+
+    ws = _copy(trained, tmp_path / "ws")
+    params = yaml.safe_load(ws.path("params.yaml").read_text())
+    ws.path("params.yaml").write_text(yaml.safe_dump({**params, "heuristic": EMBEDDING_PARAMS[strategy]},
+                                                     sort_keys=False))
+    result = al_round(str(ws.root), rerun=True)
+    assert result["steps_run"][-2:] == ["score", "query"]  # (and train too after an edit of its code)
+    queries = pd.read_csv(ws.query_paths(0)[0], dtype={"id": str}, keep_default_na=False)
+    assert len(queries) == 6 and queries["id"].is_unique
+
+    params = ws.params()
+    data = load_workspace_data(ws, ws.inputs())
+    ids = plan_scoring(ws, 0).ids
+    where = {sid: i for i, sid in enumerate(data.state.pool.ids)}
+    pool = torch_subset(data.state.pool, [where[i] for i in ids])
+    target = None
+    if strategy == "epig":
+        everything = {sid: i for i, sid in enumerate(data.state.ids)}
+        target = torch_subset(data.state.dataset, [everything[i] for i in data.state.ids if i in data.held_out])
+    positions, _ = acquire(load_workspace_model(ws, params), pool, workspace_strategy(params), 6,
+                           iterations=params.mc_iterations, batch_size=params.inference["batch_size"],
+                           mc_seed=round_seed(params.seed, 0, "mc"), select_seed=round_seed(params.seed, 0, "select"),
+                           labelled=data.train_set(), target=target, progress=False)
+    assert queries["id"].tolist() == [ids[p] for p in positions]
+    if strategy == "epig":  # EPIG's CSV score is its own
+        assert np.isfinite(queries["score"].astype(float)).all()
+    elif strategy != "class_balanced":
+        assert (queries["score"] == "").all()  # a selection on embeddings has no per-sample score
 
 
 @pytest.mark.parametrize("strategy", ROUND_STRATEGIES)
@@ -106,3 +149,4 @@ def torch_subset(dataset, positions):
     from torch.utils.data import Subset
 
     return Subset(dataset, positions)
+

@@ -49,7 +49,7 @@ from threadpoolctl import threadpool_limits
 
 import al_lib.heuristics as H
 from al_lib.heuristics import selection
-from tests.heuristics.test_scores import random_probs
+from heuristics.test_scores import random_probs
 
 baal_heuristics = pytest.importorskip("baal.active.heuristics")
 baal_stochastics = pytest.importorskip("baal.active.heuristics.stochastics")

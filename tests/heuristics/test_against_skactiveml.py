@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from al_lib.heuristics.diversity import badge, cover_radius, kcenter_greedy, probcover, typiclust
-from tests.heuristics.test_diversity import _blobs, _probs
+from heuristics.test_diversity import _blobs, _probs
 
 skactiveml = pytest.importorskip("skactiveml")
 from skactiveml.pool import Badge, CoreSet, ProbCover, TypiClust  # noqa: E402

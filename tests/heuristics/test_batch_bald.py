@@ -14,7 +14,7 @@ import al_lib.heuristics as H
 # The package re-exports a function of the same name, so fetch the module itself.
 bb = importlib.import_module("al_lib.heuristics.batch_bald")
 from al_lib.seeding import torch_generator
-from tests.heuristics.test_scores import random_probs
+from heuristics.test_scores import random_probs
 
 FAST = settings(max_examples=30, deadline=None)
 

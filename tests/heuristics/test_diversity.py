@@ -222,3 +222,45 @@ def test_class_balanced_takes_the_best_of_each_class():
     assert np.all(np.diff(scores[picks]) <= 0)  # best first
     t = class_balanced(torch.tensor(scores), torch.tensor(pred), 9, n_classes=3)
     assert isinstance(t, torch.Tensor) and t.tolist() == picks.tolist()
+
+
+def _purity_brute(x, clusters, delta):
+    """Fraction of samples whose δ-ball (|x - y| <= δ) holds only their own cluster."""
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    return float(np.mean([(clusters[d[i] <= delta] == clusters[i]).all() for i in range(len(x))]))
+
+
+@pytest.mark.parametrize("alpha", [0.95, 0.8, 1.0])
+def test_probcover_delta_is_the_largest_alpha_pure_radius(alpha):
+    from al_lib.heuristics.diversity import probcover_delta
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(c, 0.6, size=(40, 2)) for c in ((0, 0), (3, 0), (0, 3))]).astype(np.float32)
+    clusters = np.repeat(np.arange(3), 40)
+    delta = probcover_delta(x, 3, alpha=alpha, cluster_labels=clusters)
+    assert _purity_brute(x, clusters, delta) >= alpha  # pure enough ...
+    assert _purity_brute(x, clusters, delta * (1 + 1e-4)) < alpha  # ... and the largest such δ
+    assert probcover_delta(torch.from_numpy(x), 3, alpha=alpha, cluster_labels=clusters, max_work_bytes=200) \
+        == pytest.approx(delta, rel=1e-5)  # blocks of distances: float32 rounding differs
+
+
+def test_probcover_delta_clusters_with_seeded_kmeans():
+    from sklearn.cluster import KMeans
+
+    from al_lib.heuristics.diversity import probcover_delta
+    from al_lib.seeding import check_random_state
+
+    x = np.random.default_rng(0).normal(size=(90, 4)).astype(np.float32)
+    delta = probcover_delta(x, 4, seed=7)
+    assert delta == probcover_delta(x, 4, seed=7) > 0
+    clusters = KMeans(4, n_init=1, random_state=int(check_random_state(7).integers(2**31))).fit_predict(
+        x.astype(np.float64))
+    assert delta == pytest.approx(probcover_delta(x, 4, cluster_labels=clusters), rel=1e-6)
+    with pytest.raises(ValueError, match="2 non-empty clusters"):
+        probcover_delta(x, 4, cluster_labels=np.zeros(90, dtype=int))
+    with pytest.raises(ValueError, match="n_clusters"):
+        probcover_delta(x, 1)
+    with pytest.raises(ValueError, match="alpha"):
+        probcover_delta(x, 4, alpha=0)
+    with pytest.raises(ValueError, match="coincide"):
+        probcover_delta(np.zeros((4, 2)), 2, cluster_labels=[0, 1, 0, 1])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from al_lib.heuristics.epig import epig
-from tests.heuristics.test_scores import random_probs as _random_probs
+from heuristics.test_scores import random_probs as _random_probs
 
 
 def random_probs(n, c, t, seed):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import al_lib.heuristics as H
-from tests.heuristics.test_scores import random_probs
+from heuristics.test_scores import random_probs
 
 SAMPLERS = [H.power_sampling, H.softmax_sampling, H.softrank_sampling]
 FAST = settings(max_examples=40, deadline=None)

@@ -494,6 +494,26 @@ def test_verbose_shows_the_traceback(workspace, tmp_path):
     assert "Traceback" in proc.stderr and "params.yaml" in proc.stderr
 
 
+def test_a_step_failing_inside_the_round_flow_shows_no_traceback(workspace, tmp_path):
+    """A user error raised by a step *inside* the Prefect flow run (here: validation finds a pool
+    image truncated after `al init`) gives exit 3 and the message naming row and path — without the
+    walls of Prefect engine frames its task and flow loggers would print; no round is tagged."""
+    import subprocess
+
+    manifest = (workspace / "data/pool/manifest.csv").read_text().splitlines()
+    victim = workspace / manifest[-1].split(",")[1]
+    victim.write_bytes(victim.read_bytes()[:60])
+    labels_before = (workspace / "data/labels.csv").read_bytes()
+    proc = run_al(["round", workspace], cwd=tmp_path, home=tmp_path / "home")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 3, out[-3000:]
+    assert f"row {len(manifest)}" in out and victim.name in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert (workspace / "data/labels.csv").read_bytes() == labels_before
+    tags = subprocess.run(["git", "tag", "--list", "round-*"], cwd=workspace, capture_output=True, text=True)
+    assert tags.stdout.strip() == "", tags.stdout
+
+
 def test_zz_catalogue_summary(capsys):
     """Print how many catalogue cases passed (runs last in this module)."""
     with capsys.disabled():

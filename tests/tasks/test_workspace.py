@@ -69,3 +69,25 @@ def test_bad_manifest_and_labels_name_file_row_and_field(ws):
 def test_no_manifest_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="al init"):
         Workspace(tmp_path).manifest()
+
+
+def test_default_training_is_the_library_protocol_and_its_epoch_length_is_checked(tmp_path):
+    from al_lib.training import ACTIVE_LEARNING_TRAINING
+    from tasks.workspace import ParamsError, parse_params
+
+    path = tmp_path / PARAMS_FILE
+    assert parse_params({"classes": ["cat", "dog"]}, path).training == ACTIVE_LEARNING_TRAINING
+    for bad in ("many", -1, 2.5, True):
+        with pytest.raises(ParamsError, match=r"params.yaml: field 'training.min_samples_per_epoch' must be an integer"):
+            parse_params({"classes": ["cat", "dog"], "training": {"min_samples_per_epoch": bad}}, path)
+
+
+def test_calibration_without_a_validation_split_is_refused_naming_the_field(tmp_path):
+    """Calibration is fitted on fit's validation split: with ``val_fraction: 0`` (the default
+    protocol for few labels) there is none, so params.yaml is refused before a round starts."""
+    from tasks.workspace import ParamsError, parse_params
+
+    raw = {"classes": ["a", "b"], "calibration": "temperature", "training": {"val_fraction": 0.0}}
+    with pytest.raises(ParamsError, match=r"field 'calibration'.*training.val_fraction > 0"):
+        parse_params(raw, tmp_path / "params.yaml")
+    parse_params({**raw, "training": {"val_fraction": 0.2}}, tmp_path / "params.yaml")
