@@ -24,5 +24,4 @@ if ! bash scripts/install_labelstudio.sh; then
 fi
 
 export DO_NOT_TRACK=1 DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
-# `soak` tests (pyproject.toml) are not yet green end to end on 2 cores: run them with -m soak.
-exec .venv/bin/python -m pytest -q -m "not soak" "$@"
+exec .venv/bin/python -m pytest -q "$@"

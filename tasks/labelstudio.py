@@ -39,7 +39,7 @@ from typing import Any
 
 from al_lib import label_studio
 from al_lib.export import LOCAL_FILES_URL, label_studio_config
-from tasks.workspace import INBOX, LABEL_STUDIO_STATE, Workspace, write_file
+from tasks.workspace import IMAGES_DIR, INBOX, LABEL_STUDIO_STATE, Workspace, write_file
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def push(ws: Workspace, client: Client, *, round: int | None = None, title: str 
         client.request("PATCH", f"/api/projects/{project['id']}", body={"label_config": config})
         logger.info("updated the labelling config of project %d to classes %s", project["id"], params.classes)
     pid = project["id"]
-    _ensure_storage(client, pid, ws.root)
+    _ensure_storage(client, pid, ws.path(IMAGES_DIR).resolve())
     present = {str(t.get("data", {}).get("sample_id")) for t in _all_tasks(client, pid)}
     new = [t for t in tasks if str(t["data"]["sample_id"]) not in present]
     if new:
@@ -331,14 +331,17 @@ def _served_from(task: dict, prefix: str) -> dict:
     return {**task, "data": {**task["data"], "image": prefix + image[len(LOCAL_FILES_URL):]}}
 
 
-def _ensure_storage(client: Client, project: int, root: Path) -> None:
-    """A Local Files storage on ``root``: Label Studio serves ``/data/local-files/`` only under one."""
+def _ensure_storage(client: Client, project: int, images: Path) -> None:
+    """A Local Files storage holding ``images`` (the pool's image folder): Label Studio serves
+    ``/data/local-files/`` only under one. The storage is the image folder, not the workspace,
+    because Label Studio refuses a storage on its document root itself, which the workspace is when
+    the server was started with ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` set to it."""
     storages = client.request("GET", "/api/storages/localfiles", params={"project": project})
-    if any(Path(s.get("path", "")) == root for s in storages):
+    if any(s.get("path") and images.is_relative_to(Path(s["path"])) for s in storages):
         return
     client.request("POST", "/api/storages/localfiles", body={
-        "project": project, "path": str(root), "title": "workspace images", "use_blob_urls": True})
-    logger.info("project %d: Local Files storage on %s", project, root)
+        "project": project, "path": str(images), "title": "workspace images", "use_blob_urls": True})
+    logger.info("project %d: Local Files storage on %s", project, images)
 
 
 def _all_tasks(client: Client, project: int) -> list[dict]:
