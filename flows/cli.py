@@ -223,6 +223,7 @@ def _precheck(path: Path, *, simulate: bool = False, allow_empty: bool = False, 
 
     Returns the :class:`tasks.rounds.RoundPlan` (for ``simulate``, None: the oracle decides).
     """
+    from tasks.cold_start import needs_cold_start
     from tasks.ingest import check_inbox
     from tasks.oracle import oracle_truth
     from tasks.rounds import labels_to_train_on, plan_round, pool_left_to_query
@@ -234,6 +235,10 @@ def _precheck(path: Path, *, simulate: bool = False, allow_empty: bool = False, 
         oracle_truth(ws)
         return None
     plan = plan_round(ws, allow_empty=allow_empty, rerun=rerun)
+    if needs_cold_start(ws, plan):
+        from dataclasses import replace
+
+        return replace(plan, action="cold-start")  # a real workspace's first batch: tasks/cold_start.py
     if plan.action in ("start", "resume"):
         labels = check_inbox(ws, round=plan.round)[0] if ws.inbox_files() else None
         labels_to_train_on(ws, labels)
@@ -241,10 +246,42 @@ def _precheck(path: Path, *, simulate: bool = False, allow_empty: bool = False, 
     return plan
 
 
+def _first(ids: list, n: int = 10) -> str:
+    """``ids`` for a terminal: the first ``n``, and how many more."""
+    return ", ".join(ids[:n]) + (f", … and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def _cold_start(path: Path, device=None) -> int:
+    """No label yet and an empty inbox: export (or, on a rerun, point at) the cold-start query."""
+    from tasks.cold_start import cold_start_query
+    from tasks.lock import workspace_lock
+    from tasks.rounds import pool_left_to_query
+    from tasks.workspace import Workspace
+
+    ws = Workspace(path)
+    pool_left_to_query(ws)
+    with workspace_lock(ws.root):  # as a round: never two writers of the workspace
+        result = cold_start_query(ws, device=device)
+    csv_path, json_path = (p.relative_to(ws.root) for p in ws.query_paths(0))
+    next_step = (f"  next: label them (`al labelstudio push {path}`, or a CSV id,label for the ids of {csv_path}), "
+                 f"put the answers in data/inbox/ (`al import-labels`), then `al round {path}` trains round 0")
+    if result is None:
+        print(f"round 0: the cold-start query {csv_path} is still unanswered (no label to train on, data/inbox/ "
+              f"is empty): nothing to do\n{next_step}")
+    else:
+        print(f"round 0: no label to train on yet: cold-start query of {len(result['ids'])} of "
+              f"{result['n_pool']} pool images chosen by initial_strategy {result['strategy']}\n"
+              f"  ids: {_first(result['ids'])}\n  files: {csv_path}, {json_path}"
+              f" (committed {(result['commit'] or '')[:7]})\n{next_step}")
+    return EXIT_OK
+
+
 def cmd_round(args) -> int:
     from flows.round import al_round
 
     plan = _precheck(args.path, allow_empty=args.allow_empty, rerun=args.rerun)
+    if plan.action == "cold-start":
+        return _cold_start(args.path, device=args.device)
     if plan.action == "nothing":
         _print_round({"round": plan.round, "skipped": True, "reason": plan.reason})
         return EXIT_OK

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 
 from tasks import oracle, pipeline
+from tasks.cold_start import needs_cold_start
 from tasks.ingest import check_inbox
 from tasks.lock import workspace_lock
 from tasks.prefect_tasks import artifacts_task, baseline_task, ingest_task, step_task
@@ -64,6 +65,14 @@ def al_round(workspace: str, simulate: bool = False, device: str | None = None, 
             log.info("round %d is finished and %s holds no new annotations: nothing to do (%s)", n,
                      ws.path("data/inbox"), plan.reason)
             return {"round": n, "skipped": True, "reason": plan.reason}
+        if not simulate and needs_cold_start(ws, plan):  # a scheduled run on a workspace with no label yet
+            from tasks.cold_start import cold_start_query
+
+            exported = cold_start_query(ws, device=device)
+            reason = ("cold-start query exported" if exported else "cold-start query still unanswered") + \
+                f" ({ws.query_paths(0)[0].relative_to(ws.root)}): no label to train on yet"
+            log.info("round 0: %s", reason)
+            return {"round": 0, "skipped": True, "reason": reason}
         if plan.action == "start":
             check_inbox(ws, round=n)  # a bad file is refused before the round starts: nothing changes
             start_round(ws, n)

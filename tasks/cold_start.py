@@ -61,3 +61,73 @@ def cold_start_ids(ws: Workspace, ids, n: int, *, device=None) -> np.ndarray:
     logger.info("initial labels: %d of %d pool images chosen by %s on the untrained model's features",
                 len(chosen), len(ordered), params.initial_strategy)
     return chosen
+
+
+def pick_initial(ws: Workspace, queryable, n: int) -> np.ndarray:
+    """The ``n`` initial picks of the pool ids ``queryable`` by params ``initial_strategy``, seeded
+    ((seed, round 0, "initial")): a random draw, or :func:`cold_start_ids`. Sorted ids [n].
+    Simulation (tasks/oracle.py) and a real workspace's cold-start query pick the same way."""
+    params = ws.params()
+    queryable = np.asarray(queryable, dtype=str)
+    n = min(n, len(queryable))
+    if params.initial_strategy == "random":
+        from tasks.seeds import round_rng
+
+        chosen = round_rng(params.seed, 0, "initial").choice(queryable, size=n, replace=False)
+    else:
+        chosen = cold_start_ids(ws, queryable, n)
+    return np.sort(np.asarray(chosen, dtype=str))
+
+
+def needs_cold_start(ws: Workspace, plan) -> bool:
+    """Whether the round plan (:func:`tasks.rounds.plan_round`) is round 0 with no label to train
+    on and an empty inbox: the case :func:`cold_start_query` answers instead of failing."""
+    return (plan.action == "resume" and plan.round == 0 and not ws.inbox_files()
+            and not (~ws.labels()["id"].isin(ws.held_out_ids())).any())
+
+
+def cold_start_query(ws: Workspace, *, device=None) -> dict | None:
+    """A real workspace's first batch for annotators, when it has no label to train on.
+
+    Called by ``al round`` (before Prefect starts: no model is trained, so no flow is needed) when
+    data/labels.csv holds no trainable label and the inbox is empty. It picks ``initial_labels``
+    (params.yaml; ``query_size`` when that is 0) of the queryable pool (not held out) with
+    ``initial_strategy`` and exports them as round 0's queries, with the query step's writers and
+    paths (``data/queries/round-0.csv`` + ``round-0.labelstudio.json``: ``al labelstudio push``
+    pushes round 0 by default). The Label Studio tasks carry no prediction (no model yet); the CSV's
+    ``score`` is empty and ``predicted_label`` / ``predicted_prob`` are a uniform placeholder.
+
+    Round numbering: the export is committed ("round 0: cold-start query ...") but **not tagged**:
+    round 0 is not finished, it has no model. Once the answers are in data/inbox/, the next
+    ``al round`` resumes round 0 as a normal round (ingest, train, score, query), which replaces
+    round-0.csv with the trained model's queries and tags ``round-0``; the cold-start picks stay in
+    git history (that commit) and in labels.csv (round 0).
+
+    Returns None when a cold-start query already waits (a rerun: nothing changes), else a summary
+    (``ids``, ``strategy``, ``files``, ``commit``).
+    """
+    from al_lib.export import label_studio_tasks, query_frame, write_queries
+    from tasks import git_repo
+    from tasks.workspace import QUERIES, ROUND_FILE
+
+    csv_path, json_path = ws.query_paths(0)
+    if csv_path.is_file() and json_path.is_file():
+        return None
+    params = ws.params()
+    manifest = ws.manifest()
+    queryable = manifest["id"][~manifest["id"].isin(ws.held_out_ids()) & ~manifest["id"].isin(ws.labels()["id"])]
+    n = params.initial_labels or params.query_size
+    chosen = pick_initial(ws, queryable.to_numpy(), n)
+    k, c = len(chosen), len(params.classes)
+    queries = query_frame(list(chosen), np.full(k, np.nan), np.full((k, c), 1.0 / c), params.classes)
+    paths = manifest.set_index("id")["path"]
+    tasks = label_studio_tasks(queries, {i: paths[i] for i in queries["id"]}, model_version="cold-start")
+    for task in tasks:
+        task["predictions"] = []  # no model: a uniform guess would only mislead annotators
+    ws.write_round(0)
+    files = write_queries(ws.path(QUERIES), 0, queries, tasks)
+    commit = git_repo.commit_paths(ws.root, [QUERIES, ROUND_FILE],
+                                   f"round 0: cold-start query, {k} images chosen by {params.initial_strategy}")
+    logger.info("cold-start query: %d images by %s in %s", k, params.initial_strategy, files[0])
+    return {"ids": list(chosen), "strategy": params.initial_strategy, "n_pool": len(queryable),
+            "files": [str(f.relative_to(ws.root)) for f in files], "commit": commit}

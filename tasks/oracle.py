@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from tasks.seeds import round_rng
 from tasks.workspace import ORACLE_LABELS, Workspace, write_file
 
 logger = logging.getLogger(__name__)
@@ -47,14 +45,9 @@ def initial_labels(ws: Workspace) -> Path | None:
     if queryable.isin(ws.labels()["id"]).any():
         return None  # the seed labels exist already: a rerun, or labels imported by hand
     queryable = queryable[queryable.isin(truth.index)].to_numpy()
-    n = min(params.initial_labels, len(queryable))
-    if params.initial_strategy == "random":
-        chosen = round_rng(params.seed, 0, "initial").choice(queryable, size=n, replace=False)
-    else:  # a cold-start strategy on the untrained model's features
-        from tasks.cold_start import cold_start_ids
+    from tasks.cold_start import pick_initial  # random, or a cold-start strategy on the untrained model's features
 
-        chosen = cold_start_ids(ws, queryable, n)
-    return _write_inbox(ws, "oracle-initial.csv", list(np.sort(chosen)))
+    return _write_inbox(ws, "oracle-initial.csv", list(pick_initial(ws, queryable, params.initial_labels)))
 
 
 def _write_inbox(ws: Workspace, name: str, ids: list[str]) -> Path:
