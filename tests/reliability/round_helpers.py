@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
+from query_comparison import query_differences
 from reliability_helpers import VENV_BIN, user_env
 from tasks import git_repo
 from tasks.commands import VersioningError
@@ -210,8 +211,8 @@ def round_invariants(ws: Path, expected: dict[str, str], *, rounds: list[int], d
       HEAD's labels; nothing is left staged or modified among git's tracked files;
     - ``dvc status`` is clean (``dvc_status``: its parsed JSON), ``git fsck`` is clean, the workspace
       lock is free;
-    - with ``reference`` (an uninterrupted run's workspace) and ``round``: the round's query CSV is
-      byte-equal to the reference's.
+    - with ``reference`` (an uninterrupted run's workspace) and ``round``: the round's query is the
+      reference's (:func:`query_differences`).
     """
     w = Workspace(ws)
     problems = []
@@ -244,7 +245,6 @@ def round_invariants(ws: Path, expected: dict[str, str], *, rounds: list[int], d
     problems += git_fsck_problems(ws)
     problems += [] if lock_is_free(ws) else ["the workspace lock is still held"]
     if reference is not None and round is not None:
-        ours, theirs = (Workspace(p).query_paths(round)[0] for p in (ws, reference))
-        if not ours.is_file() or ours.read_bytes() != theirs.read_bytes():
-            problems.append(f"{ours.relative_to(ws)} differs from the uninterrupted run's")
+        problems += [f"{d} (against the uninterrupted run)" for d in query_differences(ws, reference, round)]
     return problems
+
