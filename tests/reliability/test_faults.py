@@ -15,11 +15,12 @@ start (imports, precheck, flow run: 15-25 s) plus what it reruns: the chain took
 (~13 min for 13 points at a load average of 8). After every kill: no label lost or duplicated (each is in data/labels.csv or still in
 the inbox), `git fsck` clean with no stale git lock, the workspace lock released. At the end: every
 label present exactly once and trained on (metrics/train.json), tags round-0 and round-1 only,
-nothing staged and never committed, `dvc status` and `git fsck` clean, the lock free, and the query
-CSV byte-equal to an uninterrupted run's with the same seed.
+nothing staged and never committed, `dvc status` and `git fsck` clean, the lock free, and the query of
+an uninterrupted run with the same seed (tests/query_comparison.py: the same images, order,
+predicted classes and thumbnails; scores to float noise).
 
 The same through a Prefect worker: a deployment run killed in training (the worker's process group
-and the flow run's), then a second run of the deployment completes the round.
+and the flow run's), then a second run of the deployment completes the round, with the same query.
 
 Prints ``fault injection: N of N kill points recovered``.
 """
