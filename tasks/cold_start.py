@@ -82,8 +82,9 @@ def pick_initial(ws: Workspace, queryable, n: int) -> np.ndarray:
 def needs_cold_start(ws: Workspace, plan) -> bool:
     """Whether the round plan (:func:`tasks.rounds.plan_round`) is round 0 with no label to train
     on and an empty inbox: the case :func:`cold_start_query` answers instead of failing."""
-    return (plan.action == "resume" and plan.round == 0 and not ws.inbox_files()
-            and not (~ws.labels()["id"].isin(ws.held_out_ids())).any())
+    from tasks.rounds import trainable_labels
+
+    return plan.action == "resume" and plan.round == 0 and not ws.inbox_files() and trainable_labels(ws) == 0
 
 
 def cold_start_query(ws: Workspace, *, device=None) -> dict | None:
@@ -108,6 +109,7 @@ def cold_start_query(ws: Workspace, *, device=None) -> dict | None:
     """
     from al_lib.export import label_studio_tasks, query_frame, write_queries
     from tasks import git_repo
+    from tasks.rounds import queryable_ids
     from tasks.workspace import QUERIES, ROUND_FILE
 
     csv_path, json_path = ws.query_paths(0)
@@ -115,7 +117,7 @@ def cold_start_query(ws: Workspace, *, device=None) -> dict | None:
         return None
     params = ws.params()
     manifest = ws.manifest()
-    queryable = manifest["id"][~manifest["id"].isin(ws.held_out_ids()) & ~manifest["id"].isin(ws.labels()["id"])]
+    queryable = queryable_ids(ws)
     n = params.initial_labels or params.query_size
     chosen = pick_initial(ws, queryable.to_numpy(), n)
     k, c = len(chosen), len(params.classes)

@@ -38,14 +38,15 @@ def answer_queries(ws: Workspace, query_round: int) -> Path | None:
 def initial_labels(ws: Workspace) -> Path | None:
     """The B initial labels of a simulation (B = params ``initial_labels``), seeded: random, or
     chosen by params ``initial_strategy`` (typiclust, probcover: tasks/cold_start.py)."""
-    params = ws.params()
-    manifest = ws.manifest()
-    truth = oracle_truth(ws)
-    queryable = manifest["id"][~manifest["id"].isin(ws.held_out_ids())]
-    if queryable.isin(ws.labels()["id"]).any():
-        return None  # the seed labels exist already: a rerun, or labels imported by hand
-    queryable = queryable[queryable.isin(truth.index)].to_numpy()
     from tasks.cold_start import pick_initial  # random, or a cold-start strategy on the untrained model's features
+    from tasks.rounds import queryable_ids, trainable_labels
+
+    params = ws.params()
+    truth = oracle_truth(ws)
+    if trainable_labels(ws):
+        return None  # the seed labels exist already: a rerun, or labels imported by hand
+    queryable = queryable_ids(ws)
+    queryable = queryable[queryable.isin(truth.index)].to_numpy()
 
     return _write_inbox(ws, "oracle-initial.csv", list(pick_initial(ws, queryable, params.initial_labels)))
 

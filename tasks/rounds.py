@@ -136,10 +136,24 @@ def _tracked(ws: Workspace, path: str) -> bool:
     return bool(git_repo.git(ws.root, "ls-files", "--", path).strip())
 
 
+def trainable_labels(ws: Workspace, labels=None) -> int:
+    """The number of labels (``labels``: a labels table, default data/labels.csv) a model can train
+    on: those of images not held out for testing."""
+    return int((~(ws.labels() if labels is None else labels)["id"].isin(ws.held_out_ids())).sum())
+
+
+def queryable_ids(ws: Workspace, labels=None):
+    """The pool ids a round may query, in manifest order: in the manifest, not held out and not
+    labelled in ``labels`` (default data/labels.csv)."""
+    labelled = set((ws.labels() if labels is None else labels)["id"])
+    ids = ws.manifest()["id"]
+    return ids[~ids.isin(ws.held_out_ids()) & ~ids.isin(labelled)]
+
+
 def labels_to_train_on(ws: Workspace, labels=None) -> int:
     """The number of labels (``labels``: a labels table, default data/labels.csv) a model can train
     on; ValueError (before anything runs) when there are none."""
-    n = int((~(ws.labels() if labels is None else labels)["id"].isin(ws.held_out_ids())).sum())
+    n = trainable_labels(ws, labels)
     if n == 0:
         raise ValueError(f"{ws.path(LABELS)}: no label to train on yet — put annotations in data/inbox/ "
                          "(`al import-labels`), or run `al simulate` on a workspace made with --labels oracle")
@@ -149,12 +163,10 @@ def labels_to_train_on(ws: Workspace, labels=None) -> int:
 def pool_left_to_query(ws: Workspace, labels=None) -> int:
     """The number of pool images a round can still query: in the manifest, not held out and not
     labelled in ``labels`` (default data/labels.csv); ValueError (before anything runs) when none."""
-    labelled = set((ws.labels() if labels is None else labels)["id"])
-    ids = ws.manifest()["id"]
-    held_out = ws.held_out_ids()
-    n = int((~ids.isin(held_out) & ~ids.isin(labelled)).sum())
+    n = len(queryable_ids(ws, labels))
     if n == 0:
-        raise ValueError(f"{ws.path(MANIFEST)}: the pool is exhausted — every one of its {len(ids) - len(held_out)} "
+        raise ValueError(f"{ws.path(MANIFEST)}: the pool is exhausted — every one of its "
+                         f"{len(ws.manifest()) - len(ws.held_out_ids())} "
                          f"queryable images is labelled ({ws.path(LABELS)} and the inbox): add images with "
                          "`al add-images` before the next round")
     return n
