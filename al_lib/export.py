@@ -46,8 +46,9 @@ def query_frame(ids: Sequence[Any], scores: Any, mean_probs: Any, classes: Seque
         Queried sample ids in acquisition order (best first), unique.
     scores : array-like (numpy or torch), shape [k]
         Acquisition scores; NaN allowed (e.g. BatchBALD gives an order, not per-sample scores).
-    mean_probs : array-like (numpy or torch), shape [k, C]
-        MC-averaged class probabilities of the queried samples, finite.
+    mean_probs : array-like (numpy or torch), shape [k, C], or None
+        MC-averaged class probabilities of the queried samples, finite. None when no model has
+        predicted yet (a cold-start query): ``predicted_label`` is empty and ``predicted_prob`` NaN.
     classes : sequence of str, length C
         Class names.
 
@@ -56,7 +57,7 @@ def query_frame(ids: Sequence[Any], scores: Any, mean_probs: Any, classes: Seque
     DataFrame
         Columns exactly :data:`QUERY_COLUMNS`: ``id`` as given, ``rank`` 1..k (int64),
         ``score`` float64, ``predicted_label`` the class of the argmax (ties → lower index),
-        ``predicted_prob`` its probability (float64).
+        ``predicted_prob`` its probability (float64); empty / NaN without ``mean_probs``.
 
     Raises
     ------
@@ -66,23 +67,28 @@ def query_frame(ids: Sequence[Any], scores: Any, mean_probs: Any, classes: Seque
     names, n_classes = _check_classes(list(classes))
     ids = [i.item() if isinstance(i, np.generic) else i for i in ids]
     scores = _to_numpy(scores).astype(np.float64)
-    probs = _to_numpy(mean_probs).astype(np.float64)
     k = len(ids)
     if scores.shape != (k,):
         raise ValueError(f"scores must have shape [{k}] (one per id), got {list(scores.shape)}")
-    if probs.shape != (k, n_classes):
-        raise ValueError(f"mean_probs must have shape [{k}, {n_classes}] (ids x classes), got {list(probs.shape)}")
-    if not np.isfinite(probs).all():
-        raise ValueError("mean_probs contains NaN or infinite values")
     if len(set(ids)) != k:
         raise ValueError(f"ids must be unique; {pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]!r} repeats")
-    best = probs.argmax(axis=1) if k else np.zeros(0, np.int64)
+    if mean_probs is None:  # no model yet: no prediction to show
+        labels, best_probs = [""] * k, np.full(k, np.nan)
+    else:
+        probs = _to_numpy(mean_probs).astype(np.float64)
+        if probs.shape != (k, n_classes):
+            raise ValueError(f"mean_probs must have shape [{k}, {n_classes}] (ids x classes), "
+                             f"got {list(probs.shape)}")
+        if not np.isfinite(probs).all():
+            raise ValueError("mean_probs contains NaN or infinite values")
+        best = probs.argmax(axis=1) if k else np.zeros(0, np.int64)
+        labels, best_probs = np.asarray(names, dtype=object)[best], probs[np.arange(k), best]
     return pd.DataFrame({
         "id": pd.Series(ids, dtype=object),
         "rank": np.arange(1, k + 1, dtype=np.int64),
         "score": scores,
-        "predicted_label": pd.Series(np.asarray(names, dtype=object)[best], dtype=str),
-        "predicted_prob": probs[np.arange(k), best],
+        "predicted_label": pd.Series(labels, dtype=str),
+        "predicted_prob": np.asarray(best_probs, dtype=np.float64),
     }, columns=list(QUERY_COLUMNS))
 
 
@@ -144,7 +150,8 @@ def label_studio_tasks(
     list of dict, length k
         In rank order; ``data = {"image", "sample_id" (str), "rank" (int), "score" (float, or
         None when not finite)}`` and ``predictions`` = one prediction whose single ``choices``
-        result is the predicted label, scored by its probability (rounded to 6 decimals).
+        result is the predicted label, scored by its probability (rounded to 6 decimals); none
+        when the query has no predicted label (a cold-start query).
         Contains only JSON-native values (never NaN).
 
     Raises
@@ -164,7 +171,7 @@ def label_studio_tasks(
                 "rank": int(rank),
                 "score": _json_float(score),
             },
-            "predictions": [{
+            "predictions": [] if label == "" else [{  # no model yet: a guess would only mislead
                 "model_version": model_version,
                 "score": round(float(prob), _PROB_DECIMALS),
                 "result": [{

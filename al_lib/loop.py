@@ -27,7 +27,7 @@ from al_lib.sampling import subsample_indices
 from al_lib.seeding import check_random_state, draw_seed
 from al_lib.stopping import RoundRecord, check_criteria, criteria_from_config, fired
 from al_lib.strategies import Strategy, get_strategy
-from al_lib.training import ACTIVE_LEARNING_TRAINING, fit, snapshot_state
+from al_lib.training import ACTIVE_LEARNING_TRAINING, fit_members, snapshot_state
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ def simulate(
         Items ``(x, y)``; the pool and the oracle's ground truth (``targets`` attribute or item[1]).
     model_factory : callable
         Returns a fresh model (logits). Called once; models without MC layers are patched
-        (consistent masks for BatchBALD).
+        (consistent masks for BatchBALD). An :class:`~al_lib.bayesian.Ensemble` (``iterations``
+        = its size) trains each member on its own every round (:func:`~al_lib.training.fit_members`).
     test_set : Dataset
         Items ``(x, y)`` for the metrics of each round.
     val_set : Dataset, optional
@@ -188,8 +189,8 @@ def simulate(
         row = {"round": r, "n_labelled": state.n_labelled, "n_noisy_labels": oracle.n_flipped}
         t0 = time.perf_counter()
         fit_seed = int(rng.integers(2**31))
-        result = fit(model, state.labelled, val_set=val_set, initial_state=initial if reset_weights else None,
-                     device=device, seed=fit_seed, **fit_kwargs)
+        results = fit_members(model, state.labelled, val_set=val_set, initial_state=initial if reset_weights else None,
+                              device=device, seed=fit_seed, **fit_kwargs)
         scorer = model
         if calibration != "none":
             calibrated = calibrate_fitted(model, state.labelled, calibration, fit_seed=fit_seed, n_classes=n_classes,
@@ -208,7 +209,7 @@ def simulate(
         metrics = evaluate(probs, test_targets)
         t2 = time.perf_counter()
         row.update({k: metrics[k] for k in ("accuracy", "nll", "ece", "macro_f1", "per_class_f1")})
-        row.update(epochs=result.epochs_run, seconds_train=t1 - t0, seconds_eval=t2 - t1)
+        row.update(epochs=_epochs(results), seconds_train=t1 - t0, seconds_eval=t2 - t1)
         queried: list = []
         pool_scores = None
         if r < rounds - 1 and state.n_pool > 0:
@@ -306,6 +307,11 @@ def simulate_with_baseline(
     both = pd.concat(frames, ignore_index=True)
     both.attrs["initial_ids"] = frames[0].attrs["initial_ids"]
     return both
+
+
+def _epochs(results: list) -> float:
+    """Epochs of a round's fit; of an ensemble's member fits, their mean."""
+    return results[0].epochs_run if len(results) == 1 else float(np.mean([r.epochs_run for r in results]))
 
 
 def _mc_model(model: nn.Module, *, consistent: bool) -> nn.Module:

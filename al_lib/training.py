@@ -2,7 +2,7 @@
 
 :func:`fit` is what every active-learning round calls. Following Gal et al. (2017), a round may
 restart from the model's initial weights: capture them once with :func:`snapshot_state` and pass
-them as ``initial_state``. On few labels, epochs of a fixed length (``min_samples_per_epoch``)
+them as ``initial_state``. A deep ensemble's members train on their own (:func:`fit_members`). On few labels, epochs of a fixed length (``min_samples_per_epoch``)
 give a fresh model enough gradient steps; :data:`ACTIVE_LEARNING_TRAINING` is the protocol
 recommended for such rounds. :func:`predict_proba` is a deterministic single pass for metrics of
 deterministic models (use :func:`al_lib.inference.predict_mc` for MC predictions).
@@ -24,10 +24,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
+from al_lib.bayesian.ensemble import Ensemble
 from al_lib.device import resolve_device
-from al_lib.seeding import SeedLike, isolated_torch_rng, torch_generator
+from al_lib.seeding import SeedLike, draw_seed, isolated_torch_rng, torch_generator
 
-__all__ = ["ACTIVE_LEARNING_TRAINING", "FitResult", "fit", "isolated_torch_rng", "predict_proba", "snapshot_state"]
+__all__ = ["ACTIVE_LEARNING_TRAINING", "FitResult", "fit", "fit_members", "isolated_torch_rng", "predict_proba",
+           "snapshot_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -396,6 +398,9 @@ def fit(
     is left in ``eval()`` mode. Validation uses ``eval()`` mode; MC-dropout layers that stay
     stochastic in ``eval()`` give a single-pass (still seeded) validation loss, which is fine.
     """
+    if isinstance(model, Ensemble):  # its plain forward is the mixture: one fit would not train a deep ensemble
+        raise ValueError("fit trains one network; train the members of an Ensemble with fit_members, "
+                         "each on its own")
     _check_fit_args(max_epochs, patience, batch_size, val_fraction, min_samples_per_epoch)
     if len(train_set) == 0:
         raise ValueError("train_set is empty")
@@ -443,6 +448,66 @@ def fit(
     result.message = _summary(result, max_epochs, stop_reason, no_val_reason)
     logger.info("fit: %s", result.message)
     return result
+
+
+def fit_members(model: nn.Module, train_set: Dataset, *, seed: SeedLike = 0, val_set: Dataset | None = None,
+                val_fraction: float = 0.2, initial_state: dict[str, torch.Tensor] | None = None,
+                **fit_kwargs) -> list[FitResult]:
+    """Train ``model``'s networks: one :func:`fit` for a single network; for an
+    :class:`al_lib.bayesian.Ensemble`, each member on its own (Lakshminarayanan et al. 2017: no
+    shared loss, no bagging), all validated on one split.
+
+    The split is the one ``fit(..., seed=seed)`` holds out (drawn first from
+    ``torch_generator(seed)``), so :func:`al_lib.calibration.fit_validation_split` with the same
+    ``train_set``, ``val_fraction`` and ``seed`` returns it: every member early-stops on it and none
+    trains on it, so a calibrator fitted there sees data the whole ensemble has not seen. Member m
+    trains on the rest with the m-th seed drawn (:func:`al_lib.seeding.draw_seed`) from that
+    generator after the split (its shuffling, dropout and augmentation; its initial weights are
+    the caller's). Without a split (``val_fraction=0``, too few samples, an empty ``val_set``)
+    each member trains on all of ``train_set`` and its result says why.
+
+    Parameters
+    ----------
+    model : nn.Module or Ensemble.
+    train_set, seed, val_set, val_fraction : as :func:`fit`.
+    initial_state : state dict of ``model`` (:func:`snapshot_state`), optional: each member starts
+        from its ``members.{m}.*`` part.
+    **fit_kwargs : the other options of :func:`fit`.
+
+    Returns
+    -------
+    list of FitResult, one per trained network (member order).
+    """
+    if not isinstance(model, Ensemble):
+        return [fit(model, train_set, seed=seed, val_set=val_set, val_fraction=val_fraction,
+                    initial_state=initial_state, **fit_kwargs)]
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if len(train_set) == 0:
+        raise ValueError("train_set is empty")
+    generator = torch_generator(seed)
+    train, val, _ = _validation_plan(train_set, val_set, val_fraction, generator)
+    seeds = [draw_seed(generator) for _ in model.members]
+    results = []
+    for m, (member, member_seed) in enumerate(zip(model.members, seeds)):
+        state = None if initial_state is None else _member_state(initial_state, m)
+        if val is None:  # no split: the member's own fit finds none either, and says why
+            result = fit(member, train_set, seed=member_seed, val_set=val_set, val_fraction=val_fraction,
+                         initial_state=state, **fit_kwargs)
+        else:
+            result = fit(member, train, seed=member_seed, val_set=val, initial_state=state, **fit_kwargs)
+        results.append(result)
+    model.eval()
+    return results
+
+
+def _member_state(state: dict[str, torch.Tensor], m: int) -> dict[str, torch.Tensor]:
+    """Member ``m``'s part of an :class:`Ensemble`'s state dict, keys without ``members.{m}.``."""
+    prefix = f"members.{m}."
+    part = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    if not part:
+        raise ValueError(f"initial_state holds no '{prefix}*' weights: it is not a state dict of this Ensemble")
+    return part
 
 
 class _Augmented(Dataset):

@@ -95,8 +95,9 @@ def cold_start_query(ws: Workspace, *, device=None) -> dict | None:
     (params.yaml; ``query_size`` when that is 0) of the queryable pool (not held out) with
     ``initial_strategy`` and exports them as round 0's queries, with the query step's writers and
     paths (``data/queries/round-0.csv`` + ``round-0.labelstudio.json``: ``al labelstudio push``
-    pushes round 0 by default). The Label Studio tasks carry no prediction (no model yet); the CSV's
-    ``score`` is empty and ``predicted_label`` / ``predicted_prob`` are a uniform placeholder.
+    pushes round 0 by default). No model exists yet, so nothing is predicted: the Label Studio
+    tasks carry no prediction, and the CSV's ``score``, ``predicted_label`` and ``predicted_prob``
+    are empty.
 
     Round numbering: the export is committed ("round 0: cold-start query ...") but **not tagged**:
     round 0 is not finished, it has no model. Once the answers are in data/inbox/, the next
@@ -120,12 +121,10 @@ def cold_start_query(ws: Workspace, *, device=None) -> dict | None:
     queryable = queryable_ids(ws)
     n = params.initial_labels or params.query_size
     chosen = pick_initial(ws, queryable.to_numpy(), n)
-    k, c = len(chosen), len(params.classes)
-    queries = query_frame(list(chosen), np.full(k, np.nan), np.full((k, c), 1.0 / c), params.classes)
+    k = len(chosen)
+    queries = query_frame(list(chosen), np.full(k, np.nan), None, params.classes)  # no model: no prediction
     paths = manifest.set_index("id")["path"]
     tasks = label_studio_tasks(queries, {i: paths[i] for i in queries["id"]}, model_version="cold-start")
-    for task in tasks:
-        task["predictions"] = []  # no model: a uniform guess would only mislead annotators
     ws.write_round(0)
     files = write_queries(ws.path(QUERIES), 0, queries, tasks)
     commit = git_repo.commit_paths(ws.root, [QUERIES, ROUND_FILE],

@@ -10,13 +10,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from al_lib.bayesian import Ensemble
 from al_lib.calibration import calibrate_fitted, calibrated_from_state
 from al_lib.inference import predict_mc
 from al_lib.metrics import evaluate
 from al_lib.models import load_weights, read_state_dict
 from al_lib.plotting import plot_learning_curves
-from al_lib.training import fit
+from al_lib.training import fit_members
 from tasks.datasets import load_workspace_data
 from tasks.seeds import round_seed
 from tasks.workspace import (
@@ -63,11 +62,9 @@ def train_step(ws: Workspace, round: int, *, device=None, progress: bool = False
         raise ValueError(f"{ws.path(LABELS)}: no labelled training sample yet — import labels or run `al simulate`")
     model = build_workspace_model(ws, params)
     augment = model_spec(params, ws.root).transforms.augmentation()
-    # A deep ensemble trains each member on its own, from its own seed; any other model is one fit.
-    members = list(model.members) if isinstance(model, Ensemble) else [model]
-    results = [fit(member, train_set, device=device, progress=progress, augment=augment, **params.training,
-                   seed=round_seed(params.seed, round, "train" if len(members) == 1 else f"train-member-{m}"))
-               for m, member in enumerate(members)]
+    # A deep ensemble's members train on their own, on one validation split (the calibrator's too).
+    results = fit_members(model, train_set, device=device, progress=progress, augment=augment, **params.training,
+                          seed=round_seed(params.seed, round, "train"))
     metrics = {"round": round, "n_labelled": len(train_set), **_fit_metrics(results)}
     calibrated = None
     if params.calibration != "none":
@@ -96,8 +93,8 @@ def train_step(ws: Workspace, round: int, *, device=None, progress: bool = False
 
 
 def _calibrate(model: torch.nn.Module, train_set, params: Params, round: int, *, device, progress: bool):
-    """``params.calibration`` fitted on the validation split ``fit`` held out of ``train_set``
-    (the fit's seed) with the round's MC iterations: a :class:`al_lib.calibration.CalibrationResult`."""
+    """``params.calibration`` fitted on the validation split ``fit_members`` held out of ``train_set``
+    (the fit's seed; every ensemble member's) with the round's MC iterations: a :class:`al_lib.calibration.CalibrationResult`."""
     # labels from the table, no image decoded: val ⊂ train_set ⊂ the labelled view
     labels = np.asarray(train_set.dataset.labels, dtype=np.int64)[np.asarray(train_set.indices, dtype=np.int64)]
     return calibrate_fitted(model, train_set, params.calibration, fit_seed=round_seed(params.seed, round, "train"),

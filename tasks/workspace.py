@@ -237,15 +237,12 @@ def stopping_criteria(params: Params) -> list:
 
 
 def _check_calibration(params: Params, path: Path) -> None:
-    """``calibration`` is one of :data:`al_lib.calibration.CALIBRATION_METHODS`, and not with a deep
-    ensemble (its members each hold out their own validation split: none is unseen by all)."""
+    """``calibration`` is one of :data:`al_lib.calibration.CALIBRATION_METHODS`, with a validation
+    split to fit it on."""
     from al_lib.calibration import CALIBRATION_METHODS
 
     _check(params.calibration in CALIBRATION_METHODS, path, "calibration",
            f"must be one of {list(CALIBRATION_METHODS)}, got {params.calibration!r}")
-    _check(params.calibration == "none" or params.model.get("mc") != "ensemble", path, "calibration",
-           f"{params.calibration!r} cannot be fitted for model.mc 'ensemble' (each member holds out its own "
-           "validation split); use 'none'")
     import inspect
 
     from al_lib.training import fit

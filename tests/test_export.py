@@ -45,6 +45,18 @@ def test_query_frame_accepts_torch_and_empty():
     assert empty.empty and list(empty.columns) == list(QUERY_COLUMNS)
 
 
+def test_a_query_without_a_model_predicts_nothing(tmp_path):
+    """A cold-start query (no model yet): no predicted class in the CSV, no pre-annotation."""
+    frame = query_frame(IDS, np.full(3, np.nan), None, CLASSES)
+    assert frame["predicted_label"].tolist() == ["", "", ""] and frame["predicted_prob"].isna().all()
+    tasks = label_studio_tasks(frame, PATHS, model_version="cold-start")
+    assert [t["predictions"] for t in tasks] == [[], [], []] and [t["data"]["rank"] for t in tasks] == [1, 2, 3]
+    csv_path, _ = write_queries(tmp_path, 0, frame, tasks)
+    assert csv_path.read_text().splitlines()[1:] == ["s7,1,,,", "s2,2,,,", "s9,3,,,"]
+    with pytest.raises(ValueError, match="'s7' repeats"):
+        query_frame(IDS + ["s7"], np.zeros(4), None, CLASSES)
+
+
 @pytest.mark.parametrize("ids, scores, probs, needle", [
     (IDS, np.zeros(2), PROBS, "scores must have shape"),
     (IDS, np.zeros(3), PROBS[:, :2], "mean_probs must have shape"),

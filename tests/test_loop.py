@@ -29,8 +29,9 @@ def run(split, strategy, seed, **kw):
     pool, test = split
     torch.manual_seed(seed)  # model init; simulate's own randomness comes from `seed`
     args = dict(initial_labels=20, query_size=10, rounds=8, iterations=20, fit_kwargs=FAST_FIT, seed=seed, progress=False)
+    model_factory = kw.pop("model_factory", mlp)
     args.update(kw)
-    return simulate(pool, mlp, test_set=test, strategy=strategy, **args)
+    return simulate(pool, model_factory, test_set=test, strategy=strategy, **args)
 
 
 def test_bald_beats_random_at_the_same_label_budget(digits_split):
@@ -148,3 +149,19 @@ def test_calibration_is_fitted_each_round_and_shares_the_runs_seeds(digits_split
     assert scaled.epochs.iloc[0] == plain.epochs.iloc[0]
     with pytest.raises(ValueError, match="calibration must be one of"):
         run(digits_split, "bald", 4, calibration="platt", **quick)
+
+
+def test_a_deep_ensemble_trains_its_members_on_their_own_and_is_calibrated(digits_split):
+    """Each round fits every member on its own (not the mixture's loss) on one validation split,
+    and the calibrator is fitted on that split from one MC sample per member."""
+    from al_lib.bayesian import Ensemble
+
+    fit_kwargs = dict(FAST_FIT, max_epochs=10, val_fraction=0.5, min_samples_per_epoch=640)
+    frame = run(digits_split, "bald", 2, model_factory=lambda: Ensemble([mlp(), mlp(), mlp()]),
+                initial_labels=40, rounds=2, iterations=3, pool_subsample=100, fit_kwargs=fit_kwargs,
+                calibration="temperature")
+    assert frame.n_labelled.tolist() == [40, 50] and (frame.temperature > 0).all()
+    assert "calibration_skipped" not in frame and (frame.accuracy > 0.3).all(), frame.accuracy.tolist()  # 20-25 training labels; chance 0.1
+    with pytest.raises(ValueError, match="exactly 3 MC samples"):
+        run(digits_split, "bald", 2, model_factory=lambda: Ensemble([mlp(), mlp(), mlp()]), rounds=1,
+            iterations=4, fit_kwargs=fit_kwargs)

@@ -1,3 +1,4 @@
+import copy
 import logging
 
 import numpy as np
@@ -9,7 +10,10 @@ from torch.utils.data import Subset, TensorDataset
 
 from al_lib import metrics
 from al_lib.models import build_model
-from al_lib.training import FitResult, fit, isolated_torch_rng, predict_proba, snapshot_state
+from al_lib.bayesian import Ensemble
+from al_lib.calibration import fit_validation_split
+from al_lib.seeding import draw_seed, torch_generator
+from al_lib.training import FitResult, fit, fit_members, isolated_torch_rng, predict_proba, snapshot_state
 
 FAST = {"progress": False, "device": "cpu"}
 
@@ -309,3 +313,65 @@ def test_min_samples_per_epoch_validates_each_fixed_length_epoch(digits):
                  min_samples_per_epoch=200, **FAST)
     assert result.n_train == 40 and result.n_val == len(val)  # a given val_set takes no training labels
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4] and result.early_stopping
+
+
+
+def _ensemble(hidden=32):
+    return Ensemble([_mlp(seed, hidden=hidden) for seed in (1, 2, 3)])
+
+
+def test_fit_members_trains_each_member_on_its_own_on_one_shared_split(digits):
+    """Brute force: member m = fit(a copy of member m, the rest, val_set=the split, seed=the m-th seed
+    drawn after the split), and the split is fit_validation_split's (the calibrator's)."""
+    train, _ = digits
+    subset = Subset(train, range(300))
+    ensemble = _ensemble()
+    copies = [copy.deepcopy(m) for m in ensemble.members]
+    results = fit_members(ensemble, subset, seed=7, max_epochs=3, **FAST)
+
+    generator = torch_generator(7)  # fit's split: a seeded permutation, the first 20 % held out
+    order = torch.randperm(300, generator=generator).tolist()
+    rest, val = Subset(subset, order[60:]), Subset(subset, order[:60])
+    assert fit_validation_split(subset, seed=7)[0].indices == val.indices
+    for m, member in enumerate(copies):
+        expected = fit(member, rest, val_set=val, seed=draw_seed(generator), max_epochs=3, **FAST)
+        assert _same_weights(member, ensemble.members[m]), m
+        assert (results[m].n_train, results[m].n_val) == (240, 60)
+        assert results[m].best_val_loss == pytest.approx(expected.best_val_loss)
+    assert len(results) == 3 and not _same_weights(ensemble.members[0], ensemble.members[1])
+    assert not ensemble.training and not any(m.training for m in ensemble.members)
+
+
+def test_fit_members_without_a_split_trains_every_member_on_everything(digits):
+    train, _ = digits
+    results = fit_members(_ensemble(), Subset(train, range(50)), val_fraction=0.2, max_epochs=2, **FAST)
+    assert [(r.n_train, r.n_val, r.early_stopping) for r in results] == [(50, 0, False)] * 3
+    assert all("would hold 10 (< 20)" in r.message for r in results)
+
+
+def test_fit_members_of_one_network_is_fit(digits):
+    train, _ = digits
+    subset = Subset(train, range(200))
+    a, b = _mlp(hidden=32), _mlp(hidden=32)
+    (result,) = fit_members(a, subset, seed=3, max_epochs=2, **FAST)
+    assert result.best_val_loss == fit(b, subset, seed=3, max_epochs=2, **FAST).best_val_loss
+    assert _same_weights(a, b)
+
+
+def test_fit_members_initial_state_resets_each_member(digits):
+    train, _ = digits
+    subset = Subset(train, range(200))
+    fresh, used = _ensemble(), _ensemble()
+    initial = snapshot_state(fresh)
+    fit_members(used, subset, max_epochs=2, **FAST)
+    fit_members(fresh, subset, max_epochs=2, **FAST)
+    fit_members(used, subset, max_epochs=2, initial_state=initial, **FAST)
+    assert _same_weights(fresh, used)
+    with pytest.raises(ValueError, match=r"no 'members.0.\*' weights"):
+        fit_members(used, subset, max_epochs=1, initial_state=snapshot_state(_mlp(hidden=32)), **FAST)
+
+
+def test_fit_refuses_an_ensemble(digits):
+    train, _ = digits
+    with pytest.raises(ValueError, match="fit_members"):
+        fit(_ensemble(), train, max_epochs=1, **FAST)

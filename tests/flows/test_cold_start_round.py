@@ -2,6 +2,7 @@
 label and an empty inbox, ``al round`` exports round 0's queries chosen by ``initial_strategy``
 instead of failing; a rerun changes nothing; the answers then train round 0 as a normal round."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,9 @@ def test_cold_start_query_then_a_normal_round(make_workspace, tmp_path, capsys, 
     csv_path, json_path = ws.query_paths(0)
     queries = pd.read_csv(csv_path, dtype={"id": str}, keep_default_na=False)
     assert list(queries.columns) == ["id", "rank", "score", "predicted_label", "predicted_prob"]
+    # no model yet: nothing predicted, in the CSV or in Label Studio
+    assert (queries[["score", "predicted_label", "predicted_prob"]] == "").all().all()
+    assert all(task["predictions"] == [] for task in json.loads(json_path.read_text()))
     assert sorted(queries["id"]) == list(pick_initial(ws, _queryable(ws), 8))
     assert not set(queries["id"]) & ws.held_out_ids() and json_path.is_file()
     assert git_repo.list_round_tags(ws.root) == [] and ws.round() == 0  # round 0 is not finished
