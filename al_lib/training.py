@@ -47,11 +47,16 @@ MIN_VALIDATION_SAMPLES = 20
 #: it stops after a few epochs, and it removes a fifth of the labels from training. Measured on
 #: MNIST (Gal CNN, random labelled subsets, 2 seeds, MC accuracy with T = 20), against the former
 #: default (≤ 50 one-pass epochs, batch 32, early stopping on a 20 % split): 100 labels 57-68 % →
-#: 75-76 %, 250 labels 82-83 % → 85-86 % (one seed with ``max_epochs`` 20: 76 % and 86 %). With a
-#: labelled validation set outside the budget, ``fit(..., val_set=...)`` still early-stops on it.
+#: 75-76 %, 250 labels 82-83 % → 85-86 % with 10 such epochs at lr 1e-3. Then 20 epochs at lr 3e-3
+#: (deterministic test accuracy on all 10 000 MNIST test images, random labelled subsets; mean
+#: over seeds, against 10 epochs at 1e-3): 60 labels 73.2 → 76.0 % (2 seeds), 120 labels 82.0 →
+#: 83.7 % (3 seeds), 250 labels 88.5 → 91.0 % (5 seeds; lr 3e-3 alone 90.1 %, 20 epochs alone
+#: 90.1 % on 2 seeds; lr 5e-3 diverged on one seed: 83 %). The training time per round is 1.6×
+#: (16 s instead of 10 s for 250 labels on one CPU thread). With a labelled validation set outside
+#: the budget, ``fit(..., val_set=...)`` still early-stops on it.
 ACTIVE_LEARNING_TRAINING: Mapping[str, Any] = MappingProxyType({
-    "max_epochs": 10, "patience": 5, "val_fraction": 0.0, "min_samples_per_epoch": 1024, "batch_size": 64,
-    "lr": 1e-3, "weight_decay": 1e-4,
+    "max_epochs": 20, "patience": 5, "val_fraction": 0.0, "min_samples_per_epoch": 1024, "batch_size": 64,
+    "lr": 3e-3, "weight_decay": 1e-4,
 })
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
