@@ -32,9 +32,9 @@ def _add_params_options(p: argparse.ArgumentParser) -> None:
                         "cold start on the untrained model's features)")
 
 
-def _add_dask_options(p: argparse.ArgumentParser) -> None:
+def _add_dask_options(p: argparse.ArgumentParser, workers_do: str = "score the pool in this many shards") -> None:
     p.add_argument("--workers", type=int, default=1,
-                   help="score the pool in this many shards on Dask (a local cluster unless --dask-address)")
+                   help=f"{workers_do} on Dask (a local cluster unless --dask-address)")
     p.add_argument("--dask-address", help="scheduler address of an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
 
 
@@ -132,7 +132,7 @@ def _add_study_parser(sub) -> None:
                                            "else OUT/study.md)")
     p.add_argument("--device", help="cuda or cpu (default: CUDA when present)")
     p.add_argument("--threads", type=int, help="torch threads per cell (default: 1 when quick or on Dask)")
-    _add_dask_options(p)
+    _add_dask_options(p, "run this many cells at once")
 
 
 def main(argv: list[str] | None = None) -> int:
