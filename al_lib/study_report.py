@@ -376,13 +376,19 @@ def _label_efficiency(part, experiment, figures, base, quick, rec) -> list[str]:
         row.append(f"{ref[0]} / {ref[1]} ({ref[2]})" if ref else "–")
         lines.append("| " + " | ".join(row) + " |")
     sentences = []
+    compared = ("batch_bald", "bald", "random")
+    recorded = set(part["strategy"])
+    missing = [_NAMES[s] for s in compared if s not in recorded]
     for threshold in (0.90, 0.95):
-        ours = {s: medians.get((s, threshold), np.inf) for s in ("batch_bald", "bald", "random")}
-        ordering = ours["batch_bald"] <= ours["bald"] < ours["random"]
+        ours = {s: medians.get((s, threshold), np.inf) for s in compared if s in recorded}
+        ordering = not missing and ours["batch_bald"] <= ours["bald"] < ours["random"]
         ref = {s: REFERENCE_LABELS[s][0 if threshold == 0.90 else 1] for s in ours}
         text = ", ".join(f"{_NAMES[s]} {'>' + str(max_labels) if np.isinf(v) else f'{v:.0f}'}"
                          f" (papers {ref[s]})" for s, v in ours.items())
-        if all(np.isinf(v) for v in ours.values()):
+        if missing:  # a strategy not run is no evidence of "never reached"
+            verdict = (f"{' and '.join(missing)} not recorded yet, so the papers' ordering cannot be judged "
+                       "here.")
+        elif all(np.isinf(v) for v in ours.values()):
             verdict = f"none reached it within {max_labels} labels, so the papers' ordering cannot be judged here."
         else:
             verdict = "the papers' ordering BatchBALD ≤ BALD < Random " + ("holds" if ordering else

@@ -51,6 +51,17 @@ def test_label_efficiency_medians_and_the_papers_ordering(tmp_path):
            "ordering BatchBALD ≤ BALD < Random holds here." in text
 
 
+def test_label_efficiency_does_not_judge_the_ordering_on_strategies_not_run(tmp_path):
+    folder = tmp_path / "cells"
+    efficiency = cells(experiments(quick=True)["label_efficiency"], dataset="digits", quick=True)
+    write_record(folder, _record(next(c for c in efficiency if c.strategy == "bald"), [0.5, 0.85, 0.92, 0.96],
+                                 [1.0] * 4))
+    text = write_report(folder, tmp_path / "r.md").read_text()
+    assert "To 90%: BALD 40 (papers 145) — BatchBALD and Random not recorded yet, so the papers' ordering " \
+           "cannot be judged here." in text
+    assert "does **not** hold" not in text and ">50 (papers" not in text
+
+
 def test_labels_to_reach():
     frame = pd.DataFrame({"strategy": ["a"] * 3 + ["b"] * 3, "seed": [0] * 6, "n_labelled": [10, 20, 30] * 2,
                           "accuracy": [0.5, 0.91, 0.95, 0.1, 0.2, 0.3]})
