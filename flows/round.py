@@ -159,12 +159,11 @@ def _shardable(ws: Workspace) -> bool:
 
 
 def _score_on_dask(workspace: str, round: int, device: str | None, workers: int, address: str | None) -> dict:
-    from prefect_dask import DaskTaskRunner
+    from flows.dask_runner import dask_task_runner, workers_report_here
 
-    runner = (DaskTaskRunner(address=address) if address else
-              DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                             "host": "127.0.0.1", "dashboard_address": None}))
-    return score_pool_sharded.with_options(task_runner=runner)(workspace, round, max(workers, 1), device)
+    with workers_report_here():
+        return score_pool_sharded.with_options(task_runner=dask_task_runner(workers, address))(
+            workspace, round, max(workers, 1), device)
 
 
 @flow(name="al-score-sharded")

@@ -176,13 +176,11 @@ def _outcome(log, i: int, n: int, key: str, state) -> dict:
 
 
 def _run_on_dask(todo: list[Cell], out: str, device, threads, workers: int, address: str | None) -> list:
-    from prefect_dask import DaskTaskRunner
+    from flows.dask_runner import dask_task_runner, workers_report_here
 
-    runner = (DaskTaskRunner(address=address) if address else
-              DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                             "host": "127.0.0.1", "dashboard_address": None}))
-    return study_cells_parallel.with_options(task_runner=runner)([c.key() for c in todo],
-                                                                 [c.config() for c in todo], out, device, threads)
+    with workers_report_here():
+        return study_cells_parallel.with_options(task_runner=dask_task_runner(workers, address))(
+            [c.key() for c in todo], [c.config() for c in todo], out, device, threads)
 
 
 @flow(name="al-study-parallel")

@@ -1,6 +1,7 @@
 """`al study` through Prefect: cells as tasks, records as files, resume, report."""
 
 import json
+import os
 import time
 
 import pytest
@@ -104,3 +105,24 @@ def test_a_workspace_is_a_study_source(make_workspace):
                 "fit_kwargs": {"max_epochs": 2}}
     record = run_cell(Cell("baseline", "standard", "bald", 0, str(ws.root), True, settings), source, device="cpu")
     assert record["test_size"] == 20 and record["rows"][0]["n_labelled"] == 20
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_al_study_on_local_workers_uses_one_prefect_server(tmp_path):
+    """`al study --workers 2` as a user runs it (no PREFECT_API_URL, no `al server`): the workers
+    report to the command's temporary server; without that each started its own (3 in all) and
+    their task runs and logs never reached the flow's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # no recorded `al server` there
+    al = str(Path(sys.executable).parent / "al")
+    done = subprocess.run([al, "study", "query_size", "--dataset", "digits", "--quick", "--workers", "2",
+                           "--out", str(tmp_path / "study")], env=env, capture_output=True, text=True, timeout=540)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert len(read_records(tmp_path / "study" / "cells")) == 6
+    assert output.count("Starting temporary server") == 1, output[-3000:]
