@@ -27,7 +27,7 @@ from al_lib.sampling import subsample_indices
 from al_lib.seeding import check_random_state, draw_seed
 from al_lib.stopping import RoundRecord, check_criteria, criteria_from_config, fired
 from al_lib.strategies import Strategy, get_strategy
-from al_lib.training import ACTIVE_LEARNING_TRAINING, fit_members, snapshot_state
+from al_lib.training import ACTIVE_LEARNING_TRAINING, fit_members, fit_summary, snapshot_state
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def simulate(
         metrics = evaluate(probs, test_targets)
         t2 = time.perf_counter()
         row.update({k: metrics[k] for k in ("accuracy", "nll", "ece", "macro_f1", "per_class_f1")})
-        row.update(epochs=_epochs(results), seconds_train=t1 - t0, seconds_eval=t2 - t1)
+        row.update(epochs=fit_summary(results)["epochs"], seconds_train=t1 - t0, seconds_eval=t2 - t1)
         queried: list = []
         pool_scores = None
         if r < rounds - 1 and state.n_pool > 0:
@@ -307,11 +307,6 @@ def simulate_with_baseline(
     both = pd.concat(frames, ignore_index=True)
     both.attrs["initial_ids"] = frames[0].attrs["initial_ids"]
     return both
-
-
-def _epochs(results: list) -> float:
-    """Epochs of a round's fit; of an ensemble's member fits, their mean."""
-    return results[0].epochs_run if len(results) == 1 else float(np.mean([r.epochs_run for r in results]))
 
 
 def _mc_model(model: nn.Module, *, consistent: bool) -> nn.Module:

@@ -28,8 +28,8 @@ from al_lib.bayesian.ensemble import Ensemble
 from al_lib.device import resolve_device
 from al_lib.seeding import SeedLike, draw_seed, isolated_torch_rng, torch_generator
 
-__all__ = ["ACTIVE_LEARNING_TRAINING", "FitResult", "fit", "fit_members", "isolated_torch_rng", "predict_proba",
-           "snapshot_state"]
+__all__ = ["ACTIVE_LEARNING_TRAINING", "FitResult", "fit", "fit_members", "fit_summary", "isolated_torch_rng",
+           "predict_proba", "snapshot_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -504,6 +504,36 @@ def fit_members(model: nn.Module, train_set: Dataset, *, seed: SeedLike = 0, val
         results.append(result)
     model.eval()
     return results
+
+
+def fit_summary(results: list[FitResult]) -> dict[str, float]:
+    """What a round's fit did, as numbers: ``epochs``, ``best_epoch`` and the best epoch's
+    ``train_loss``, ``val_loss``, ``val_accuracy`` (those recorded); for an ensemble's member fits
+    (:func:`fit_members`), the mean over members.
+
+    No timings, so equal inputs give an equal summary (it is tracked as a DVC metric).
+
+    Parameters
+    ----------
+    results : list of FitResult, one per trained network, non-empty.
+
+    Returns
+    -------
+    dict of str to int or float (ints for a single network's epochs).
+    """
+    if not results:
+        raise ValueError("results is empty: no network was trained")
+    rows = []
+    for result in results:
+        best = next((h for h in result.history if h["epoch"] == result.best_epoch),
+                    result.history[-1] if result.history else {})
+        row = {"epochs": result.epochs_run, "best_epoch": result.best_epoch}
+        row.update({key: float(best[key]) for key in ("train_loss", "val_loss", "val_accuracy")
+                    if best.get(key) is not None})
+        rows.append(row)
+    if len(rows) == 1:
+        return rows[0]
+    return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
 
 
 def _member_state(state: dict[str, torch.Tensor], m: int) -> dict[str, torch.Tensor]:

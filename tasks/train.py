@@ -15,7 +15,7 @@ from al_lib.inference import predict_mc
 from al_lib.metrics import evaluate
 from al_lib.models import load_weights, read_state_dict
 from al_lib.plotting import plot_learning_curves
-from al_lib.training import fit_members
+from al_lib.training import fit_members, fit_summary
 from tasks.datasets import load_workspace_data
 from tasks.seeds import round_seed
 from tasks.workspace import (
@@ -65,7 +65,7 @@ def train_step(ws: Workspace, round: int, *, device=None, progress: bool = False
     # A deep ensemble's members train on their own, on one validation split (the calibrator's too).
     results = fit_members(model, train_set, device=device, progress=progress, augment=augment, **params.training,
                           seed=round_seed(params.seed, round, "train"))
-    metrics = {"round": round, "n_labelled": len(train_set), **_fit_metrics(results)}
+    metrics = {"round": round, "n_labelled": len(train_set), **fit_summary(results)}
     calibrated = None
     if params.calibration != "none":
         calibrated = _calibrate(model, train_set, params, round, device=device, progress=progress)
@@ -102,21 +102,6 @@ def _calibrate(model: torch.nn.Module, train_set, params: Params, round: int, *,
                             targets_of=lambda val: labels[np.asarray(val.indices, dtype=np.int64)],
                             iterations=params.mc_iterations, batch_size=params.inference.get("batch_size", 256),
                             device=device, seed=round_seed(params.seed, round, "calibrate"), progress=progress)
-
-
-def _fit_metrics(results: list) -> dict:
-    """Epochs and the best epoch's losses of one fit; for an ensemble's fits, the mean over members."""
-    rows = []
-    for result in results:
-        best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
-        # No timings: tracked metrics are a function of the inputs (same inputs, same file).
-        row = {"epochs": result.epochs_run, "best_epoch": result.best_epoch}
-        row.update({key: float(best[key]) for key in ("train_loss", "val_loss", "val_accuracy")
-                    if best.get(key) is not None})
-        rows.append(row)
-    if len(rows) == 1:
-        return rows[0]
-    return {key: float(sum(row[key] for row in rows) / len(rows)) for key in rows[0]}
 
 
 def _save(ws: Workspace, model: torch.nn.Module, metrics: dict) -> None:

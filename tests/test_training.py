@@ -13,7 +13,8 @@ from al_lib.models import build_model
 from al_lib.bayesian import Ensemble
 from al_lib.calibration import fit_validation_split
 from al_lib.seeding import draw_seed, torch_generator
-from al_lib.training import FitResult, fit, fit_members, isolated_torch_rng, predict_proba, snapshot_state
+from al_lib.training import (FitResult, fit, fit_members, fit_summary, isolated_torch_rng, predict_proba,
+                             snapshot_state)
 
 FAST = {"progress": False, "device": "cpu"}
 
@@ -375,3 +376,26 @@ def test_fit_refuses_an_ensemble(digits):
     train, _ = digits
     with pytest.raises(ValueError, match="fit_members"):
         fit(_ensemble(), train, max_epochs=1, **FAST)
+
+
+def test_fit_summary_is_the_best_epoch_of_one_fit_and_the_member_mean_of_an_ensemble(digits):
+    train, _ = digits
+    subset = Subset(train, range(300))
+    (single,) = fit_members(_mlp(hidden=32), subset, seed=1, max_epochs=4, patience=1, **FAST)
+    best = single.history[single.best_epoch - 1]
+    assert fit_summary([single]) == {"epochs": single.epochs_run, "best_epoch": single.best_epoch,
+                                     "train_loss": best["train_loss"], "val_loss": best["val_loss"],
+                                     "val_accuracy": best["val_accuracy"]}
+    assert best["val_loss"] == pytest.approx(single.best_val_loss)
+
+    results = fit_members(_ensemble(), subset, seed=1, max_epochs=4, patience=1, **FAST)
+    rows = [fit_summary([r]) for r in results]
+    summary = fit_summary(results)
+    assert set(summary) == set(rows[0])
+    for key in summary:
+        assert summary[key] == pytest.approx(sum(row[key] for row in rows) / 3), key
+
+    (plain,) = fit_members(_mlp(hidden=32), subset, val_fraction=0.0, max_epochs=2, **FAST)
+    assert set(fit_summary([plain])) == {"epochs", "best_epoch", "train_loss"}
+    with pytest.raises(ValueError, match="no network"):
+        fit_summary([])
