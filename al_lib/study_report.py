@@ -394,9 +394,40 @@ def _label_efficiency(part, experiment, figures, base, quick, rec) -> list[str]:
             verdict = "the papers' ordering BatchBALD ≤ BALD < Random " + ("holds" if ordering else
                                                                           "does **not** hold") + " here."
         sentences.append(f"To {threshold:.0%}: {text} — {verdict}")
+    sentences.append(_against_papers(medians, [s for s in part["strategy"].unique() if s in REFERENCE_LABELS],
+                                     max_labels))
     caveat = _caveat(quick, part).strip(" ()")
     return lines + ["", _img(png, base, "label efficiency"), "",
                     "**Finding.** " + " ".join(sentences) + (f" ({caveat}.)" if caveat else "")]
+
+
+def _against_papers(medians: dict, strategies: list, max_labels: int) -> str:
+    """One sentence: each strategy's median labels to 90 % / 95 % minus the papers' figure, and
+    where we are furthest behind (the issue's goal is to match or beat every one of them)."""
+    parts, behind, matched, total = [], [], 0, 0
+    for strategy in strategies:
+        diffs = []
+        for i, threshold in enumerate((0.90, 0.95)):
+            ours, paper = medians[(strategy, threshold)], REFERENCE_LABELS[strategy][i]
+            total += 1
+            if np.isinf(ours):
+                diffs.append(f"not reached in {max_labels} (papers {paper})")
+                behind.append((np.inf, f"{_NAMES[strategy]} to {threshold:.0%}"))
+                continue
+            diffs.append(f"{ours - paper:+.0f}")
+            if ours <= paper:
+                matched += 1
+            else:
+                behind.append((ours - paper, f"{_NAMES[strategy]} to {threshold:.0%} ({ours - paper:.0f} more)"))
+        parts.append(f"{_NAMES[strategy]} {' / '.join(diffs)}")
+    if not parts:
+        return ""
+    text = ("Against the papers, median labels to 90 % / 95 % minus theirs (negative: fewer labels): "
+            + ", ".join(parts) + f". We match or beat them in {matched} of {total}")
+    if behind:
+        worst = [what for _, what in sorted(behind, key=lambda b: -b[0])[:2]]
+        text += "; furthest behind: " + " and ".join(worst)
+    return text + "."
 
 
 def _recommend(rec: dict, quick: bool) -> list[str]:

@@ -90,3 +90,15 @@ def test_a_users_data_gets_a_recommendation(tmp_path):
     assert "- **Query size: 30**" in text  # all within 5 % of the best: the largest is chosen
     assert "- **pool_subsample: 25% of the pool**" in text
     assert "rerun without `--quick`" in text
+
+
+def test_label_efficiency_compares_every_strategy_with_its_paper_figure():
+    from al_lib.study_report import REFERENCE_LABELS, _against_papers
+
+    bald, var = REFERENCE_LABELS["bald"], REFERENCE_LABELS["variation_ratio"]
+    medians = {("bald", 0.90): bald[0] - 5, ("bald", 0.95): bald[1] + 30,
+               ("variation_ratio", 0.90): var[0] + 40, ("variation_ratio", 0.95): np.inf}
+    text = _against_papers(medians, ["bald", "variation_ratio"], 500)
+    assert "BALD -5 / +30" in text and f"not reached in 500 (papers {var[1]})" in text
+    assert "match or beat them in 1 of 4" in text
+    assert "furthest behind: Var-ratio to 95% and Var-ratio to 90% (40 more)" in text
