@@ -511,7 +511,7 @@ def fit_summary(results: list[FitResult]) -> dict[str, float]:
     ``train_loss``, ``val_loss``, ``val_accuracy`` (those recorded); for an ensemble's member fits
     (:func:`fit_members`), the mean over members.
 
-    No timings, so equal inputs give an equal summary (it is tracked as a DVC metric).
+    No timings, so equal inputs give an equal summary (fit to track as a metric across runs).
 
     Parameters
     ----------
