@@ -138,14 +138,24 @@ def al_study(experiment: str, dataset: str = "mnist", quick: bool = False, seeds
              " (quick)" if quick else "", len(all_cells), len(all_cells) - len(todo), folder, len(todo))
     parallel = workers > 1 or bool(dask_address)
     threads = threads or (1 if quick or parallel else None)
+    # The same run under two experiments (baseline = noise λ=0 = converged = ...) is computed once:
+    # first every distinct run, then its twins copy its record — on Dask too, where a twin started
+    # beside its original would otherwise find no record yet and compute it again.
+    distinct, twins = split_twins(todo)
     start = time.perf_counter()
-    if todo and parallel:
-        states = _run_on_dask(todo, str(out_dir), device, threads, workers, dask_address)
+    if distinct and parallel:
+        states = _run_on_dask(distinct, str(out_dir), device, threads, workers, dask_address)
     else:
-        states = []
-        for i, c in enumerate(todo, 1):
-            state = cell_task(c.key(), c.config(), str(out_dir), device, threads, return_state=True)
-            states.append(_outcome(log, i, len(todo), c.key(), state))
+        states = [_run_here(log, i, len(todo), c, out_dir, device, threads) for i, c in enumerate(distinct, 1)]
+    lost = {o["key"] for o in states if o["error"] is not None}
+    by_key = {c.key(): c for c in distinct}
+    lost_runs = {by_key[k].run_hash() for k in lost}
+    for i, c in enumerate(twins, len(distinct) + 1):
+        if c.run_hash() in lost_runs:  # its run failed: left to the rerun, not computed here under another name
+            log.error("cell %d of %d not run: %s — the same run failed under another experiment", i, len(todo), c.key())
+            states.append({"key": c.key(), "summary": None, "error": "the same run failed"})
+        else:
+            states.append(_run_here(log, i, len(todo), c, out_dir, device, threads))
     seconds = time.perf_counter() - start
     results = [o["summary"] for o in states if o["error"] is None]
     failed = [o["key"] for o in states if o["error"] is not None]
@@ -161,6 +171,22 @@ def al_study(experiment: str, dataset: str = "mnist", quick: bool = False, seeds
         raise RuntimeError(f"{len(failed)} of {len(todo)} study cells failed (see their task logs): "
                            + ", ".join(failed))
     return result
+
+
+def split_twins(todo: list[Cell]) -> tuple[list[Cell], list[Cell]]:
+    """``todo`` split into the first cell of each distinct run (:meth:`Cell.run_hash`) and the
+    rest (the same runs under other experiments' names), each in ``todo``'s order."""
+    seen: set[str] = set()
+    distinct, twins = [], []
+    for c in todo:
+        (twins if c.run_hash() in seen else distinct).append(c)
+        seen.add(c.run_hash())
+    return distinct, twins
+
+
+def _run_here(log, i: int, n: int, c: Cell, out_dir: Path, device, threads) -> dict:
+    state = cell_task(c.key(), c.config(), str(out_dir), device, threads, return_state=True)
+    return _outcome(log, i, n, c.key(), state)
 
 
 def _outcome(log, i: int, n: int, key: str, state) -> dict:

@@ -8,7 +8,7 @@ import pytest
 
 from al_lib.study import EXPERIMENTS, read_records
 from flows.cli import main
-from flows.study import al_study, study_cells
+from flows.study import al_study, split_twins, study_cells
 
 
 def test_an_experiment_runs_as_tasks_resumes_and_reports(prefect_api, tmp_path):
@@ -49,11 +49,12 @@ def test_an_experiment_runs_as_tasks_resumes_and_reports(prefect_api, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_the_whole_quick_study(prefect_api, tmp_path):
-    """`al study all --quick`: every experiment, then the report of all of them (about a minute of
-    cells on 2 quiet cores; docs/study.md records the time measured)."""
+    """`al study all --quick --workers 2`: every experiment, then the report of all of them (about a
+    minute of cells on 2 quiet cores; docs/study.md records the time measured). On Dask the runs
+    shared by several experiments are still computed once."""
     out = tmp_path / "study"
     start = time.perf_counter()
-    result = al_study("all", dataset="digits", quick=True, out=str(out))
+    result = al_study("all", dataset="digits", quick=True, out=str(out), workers=2)
     seconds = time.perf_counter() - start
     expected = study_cells("all", dataset="digits", quick=True)
     # The baseline's runs are also noise λ=0, converged, Q=10, Δ=0 and (quick) label efficiency's.
@@ -74,6 +75,17 @@ def test_the_whole_quick_study(prefect_api, tmp_path):
                 "imbalance_minority_f1", "label_efficiency_accuracy"):
         assert (tmp_path / "report" / f"{png}.png").stat().st_size > 5000
     print(f"quick study: {len(expected)} cells in {seconds:.1f} s")
+
+
+def test_a_run_shared_by_experiments_is_computed_once():
+    """The full study's 220 cells are 170 distinct runs: the baseline's 15 are also noise λ=0,
+    converged, Q=10 and Δ=0 (50 twins), copied after the first is computed."""
+    todo = study_cells("all", dataset="mnist", quick=False)
+    distinct, twins = split_twins(todo)
+    assert (len(todo), len(distinct), len(twins)) == (220, 170, 50)
+    assert len({c.run_hash() for c in distinct}) == 170 and {c.run_hash() for c in twins} <= {c.run_hash() for c in distinct}
+    assert {c.experiment for c in twins} == {"noise", "convergence", "query_size", "imbalance"}
+    assert [c.key() for c in distinct] == [c.key() for c in todo if c in distinct]  # the study's order kept
 
 
 @pytest.mark.slow
