@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -92,6 +94,7 @@ def simulate(
     progress: bool = True,
     stopping: Sequence | None = None,
     stop_set_size: int = 1000,
+    checkpoint: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Run an active-learning experiment with an oracle that knows ``dataset``'s targets.
 
@@ -146,6 +149,13 @@ def simulate(
         The stop set of the stop-set criteria: this many pool samples unlabelled before round 0,
         the same every round, predicted with the same MC seed every round. ``low_uncertainty``
         scores the round's candidate subsample in an MC pass of its own.
+    checkpoint : path, optional
+        A JSON file written atomically after every round with what the next round needs (the
+        rows so far, the labels, the generator's state): a run that finds it continues after its
+        last round instead of starting over, with the same draws as an uninterrupted run (its
+        floats equal up to the noise of CPU training across processes). A file written by a run
+        with other settings is refused (ValueError naming it). Not with ``stopping`` or
+        ``reset_weights=False`` (their state is not saved). Left in place when the run ends.
 
     Returns
     -------
@@ -156,11 +166,14 @@ def simulate(
         also ``stop`` (bool) and ``stopping`` (each criterion's message); ``attrs["stopped_at"]``:
         the round that stopped, or None.
         ``attrs["initial_ids"]``: the ids labelled before round 0 (the same for every strategy
-        run with the same ``seed``: they are the first draw).
+        run with the same ``seed``: they are the first draw). ``attrs["resumed_rounds"]``: how
+        many rows came from ``checkpoint`` (0 without one).
     """
     device = resolve_device(device)
     if calibration not in CALIBRATION_METHODS:
         raise ValueError(f"calibration must be one of {list(CALIBRATION_METHODS)}, got {calibration!r}")
+    if checkpoint is not None and (stopping or not reset_weights):
+        raise ValueError("checkpoint cannot resume a run with stopping criteria or reset_weights=False")
     rng = check_random_state(seed)
     targets = _targets(dataset)
     n_classes = int(n_classes or targets.max() + 1)
@@ -176,6 +189,13 @@ def simulate(
     first = (np.asarray(initial_ids, dtype=np.int64) if initial_ids is not None
              else rng.choice(state.pool_ids, size=initial_labels, replace=False))
     state.label(first, oracle(first), round=0, source="oracle")
+    run = _RunCheckpoint(checkpoint, {
+        "strategy": strategy.name, "initial_labels": initial_labels, "initial_ids": first.tolist(),
+        "query_size": query_size, "rounds": rounds, "iterations": iterations, "pool_subsample": pool_subsample,
+        "label_noise": label_noise, "n_classes": n_classes, "fit_kwargs": fit_kwargs, "calibration": calibration,
+        "batch_size": batch_size, "seed": seed, "n_pool": len(dataset), "n_test": len(test_set),
+        "val_set": None if val_set is None else len(val_set)})
+    rows = run.resume(rng, oracle, state)
     criteria = criteria_from_config(stopping)
     stop_rng = check_random_state(seed).spawn(1)[0]  # not `rng`: stopping leaves the run's draws alone
     stop_history: list[RoundRecord] = []
@@ -183,9 +203,10 @@ def simulate(
     if any(c.needs_stop_set for c in criteria):
         stop_set = Subset(dataset, state.pool_ids[subsample_indices(state.n_pool, stop_set_size, stop_rng)])
         stop_mc_seed = draw_seed(stop_rng)
-    rows = []
+    resumed = len(rows)
     stopped_at = None
-    for r in tqdm(range(rounds), desc=f"simulate {strategy.name}", disable=not progress):
+    for r in tqdm(range(resumed, rounds), desc=f"simulate {strategy.name}", disable=not progress,
+                  initial=resumed, total=rounds):
         row = {"round": r, "n_labelled": state.n_labelled, "n_noisy_labels": oracle.n_flipped}
         t0 = time.perf_counter()
         fit_seed = int(rng.integers(2**31))
@@ -233,6 +254,7 @@ def simulate(
         logger.info("%s round %d: %d labels, accuracy %.4f, nll %.4f", strategy.name, r,
                     row["n_labelled"], row["accuracy"], row["nll"])
         rows.append(row)
+        run.save(rows, rng, oracle, state)
         if row.get("stop"):
             stopped_at = r
             logger.info("%s round %d: stopping — %s", strategy.name, r,
@@ -241,7 +263,69 @@ def simulate(
     frame = pd.DataFrame(rows)
     frame.attrs["initial_ids"] = first.tolist()
     frame.attrs["stopped_at"] = stopped_at
+    frame.attrs["resumed_rounds"] = resumed
     return frame
+
+
+class _RunCheckpoint:
+    """The state a :func:`simulate` run needs to go on after a round, in one JSON file.
+
+    ``settings`` identify the run: a file saved under other settings is refused, never resumed.
+    Without a path every method does nothing.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: str | os.PathLike | None, settings: dict) -> None:
+        self.path = None if path is None else os.fspath(path)
+        self.settings = None if path is None else self._plain(settings, "settings")
+
+    def _plain(self, value, what: str):
+        try:
+            return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
+        except TypeError as err:  # e.g. a callable in fit_kwargs: such a run cannot be resumed
+            raise ValueError(f"{self.path}: cannot checkpoint this run, its {what} are not plain data: {err}") from None
+
+    def resume(self, rng: np.random.Generator, oracle: NoisyOracle, state: ActiveLearningDataset) -> list[dict]:
+        """The rows of the saved rounds (empty without a file), the generator, oracle and labels
+        set to where they stood after the last of them."""
+        if self.path is None or not os.path.exists(self.path):
+            return []
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                saved = json.load(f)
+            if saved.get("version") != self.VERSION:
+                raise ValueError(f"checkpoint version {saved.get('version')!r}, expected {self.VERSION}")
+            if saved["settings"] != self.settings:
+                changed = sorted(k for k in set(saved["settings"]) | set(self.settings)
+                                 if saved["settings"].get(k) != self.settings.get(k))
+                raise ValueError(f"it was written by a run with other settings ({', '.join(changed)})")
+            state.load_state_dict(saved["labels"])
+            rng.bit_generator.state = saved["rng"]
+            oracle.n_flipped = int(saved["n_flipped"])
+            rows = list(saved["rows"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{self.path}: cannot resume from this checkpoint: {err}") from None
+        logger.info("resuming after round %d of %d from %s", len(rows) - 1, self.settings["rounds"], self.path)
+        return rows
+
+    def save(self, rows: list[dict], rng: np.random.Generator, oracle: NoisyOracle,
+             state: ActiveLearningDataset) -> None:
+        if self.path is None:
+            return
+        from al_lib.atomic import atomic_write_text
+
+        saved = {"version": self.VERSION, "settings": self.settings, "rows": rows, "rng": rng.bit_generator.state,
+                 "n_flipped": oracle.n_flipped, "labels": state.state_dict()}
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        atomic_write_text(self.path, json.dumps(saved, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    """numpy scalars and arrays as JSON numbers and lists."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
 def _check_stopping(criteria, history: list, row: dict, metrics: dict, model, stop_set, stop_mc_seed, pool_scores,

@@ -55,8 +55,8 @@ if TYPE_CHECKING:  # torch loads on first use: `al --help` must stay fast
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "EXPERIMENTS", "Cell", "Experiment", "StudySource", "cells", "experiments", "load_source", "read_records",
-    "record_path", "run_cell", "twin_record", "write_record",
+    "EXPERIMENTS", "Cell", "Experiment", "StudySource", "cells", "experiments", "load_source", "partial_path",
+    "read_records", "record_path", "run_cell", "twin_record", "write_record",
 ]
 
 #: Experiment names, in the order ``al study all`` runs (and the report shows) them.
@@ -391,7 +391,8 @@ def source_from_images(name: str, images: Dataset, targets, classes, held_out, m
 # ---------------------------------------------------------------------- one cell
 
 
-def run_cell(cell: Cell, source: StudySource | None = None, *, device: str | torch.device | None = None) -> dict:
+def run_cell(cell: Cell, source: StudySource | None = None, *, device: str | torch.device | None = None,
+             checkpoint: str | os.PathLike | None = None) -> dict:
     """Run ``cell`` with :func:`al_lib.loop.simulate` and return its record.
 
     The same seed gives the same initial labels, initial weights and training seeds for every
@@ -402,6 +403,8 @@ def run_cell(cell: Cell, source: StudySource | None = None, *, device: str | tor
     cell : Cell
     source : StudySource, optional, default ``load_source(cell.dataset)``.
     device : see :func:`al_lib.device.resolve_device` (CUDA when present).
+    checkpoint : path, optional, :func:`al_lib.loop.simulate`'s: the cell saves its state after
+        every round there and, killed, goes on from its last round (:func:`partial_path`).
 
     Returns
     -------
@@ -409,7 +412,8 @@ def run_cell(cell: Cell, source: StudySource | None = None, *, device: str | tor
     n_labelled, accuracy, nll, ece, macro_f1, minority_f1 (mean F1 of the reduced classes, or
     None), n_noisy_labels, epochs, seconds_train, seconds_eval, seconds_score, n_scored; with a
     ``stopping`` setting, ``stop`` and ``stopping``: the rounds end where a criterion fired),
-    ``minority_classes`` (list), ``pool_size``, ``seconds`` (the cell's wall time) and ``device``.
+    ``minority_classes`` (list), ``pool_size``, ``seconds`` (the cell's wall time; for a resumed
+    cell, this run's plus the rounds' own seconds before it), ``resumed_rounds`` and ``device``.
     """
     from al_lib.data.imbalance import make_imbalanced
     from al_lib.device import resolve_device
@@ -438,8 +442,11 @@ def run_cell(cell: Cell, source: StudySource | None = None, *, device: str | tor
                      label_noise=float(s.get("label_noise", 0.0)), n_classes=source.n_classes,
                      calibration=str(s.get("calibration", "none")),
                      fit_kwargs=fit_kwargs, seed=cell.seed, device=device, progress=False,
-                     stopping=s.get("stopping"), stop_set_size=int(s.get("stop_set_size", 1000)))
-    seconds = time.perf_counter() - start
+                     stopping=s.get("stopping"), stop_set_size=int(s.get("stop_set_size", 1000)),
+                     checkpoint=None if s.get("stopping") else checkpoint)
+    resumed = int(frame.attrs.get("resumed_rounds", 0))
+    seconds = time.perf_counter() - start + float(
+        frame.iloc[:resumed][["seconds_train", "seconds_eval", "seconds_score"]].to_numpy().sum())
     rows = []
     for record in frame.to_dict("records"):
         f1 = record.get("per_class_f1")
@@ -459,7 +466,8 @@ def run_cell(cell: Cell, source: StudySource | None = None, *, device: str | tor
             **({"stop": bool(record["stop"]), "stopping": list(record["stopping"])} if "stop" in record else {}),
         })
     return {"key": cell.key(), "config": cell.config(), "rows": rows, "minority_classes": minority,
-            "pool_size": len(pool), "test_size": len(test), "seconds": seconds, "device": str(device)}
+            "pool_size": len(pool), "test_size": len(test), "seconds": seconds, "resumed_rounds": resumed,
+            "device": str(device)}
 
 
 def _n_scored(n_pool: int, subsample) -> int:
@@ -519,6 +527,12 @@ def read_records(folder: str | os.PathLike) -> list[dict]:
 def record_path(folder: str | os.PathLike, cell: Cell) -> Path:
     """Where ``cell``'s record lives: its existence means the cell is done."""
     return Path(folder) / f"{cell.key()}.json"
+
+
+def partial_path(folder: str | os.PathLike, cell: Cell) -> Path:
+    """Where ``cell`` keeps its state between rounds while it runs (``partial/`` beside the
+    records, so :func:`read_records` never mistakes it for a finished cell)."""
+    return Path(folder) / "partial" / f"{cell.key()}.json"
 
 
 def twin_record(folder: str | os.PathLike, cell: Cell) -> dict | None:

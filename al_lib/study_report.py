@@ -278,7 +278,8 @@ def _noise(part, experiment, figures, base, quick, rec) -> list[str]:
     sentence = (f"At {b} labels BALD's NLL advantage over Random is "
                 + ", ".join(f"{g:+.3f} at {c}" for c, g in gaps)
                 + ": the seed finds BALD keeps its advantage under label noise; here it "
-                + ("does" if worst[1] > 0 else "does **not**") + f" at the highest noise{_caveat(quick, part)}.")
+                + ("does" if worst[1] > 0 else "does **not**") + f" at the highest noise recorded, {worst[0]}"
+                + f"{_caveat(quick, part)}.")
     return _table(part, budgets, "nll") + ["", "**Finding.** " + sentence]
 
 

@@ -3,7 +3,9 @@
 ``al study EXPERIMENT --dataset D`` runs every cell (condition × strategy × seed) of the
 experiment (al_lib/study.py) that has no record yet under ``OUT/cells/``: the record file *is*
 the cell's result, written atomically when the cell ends, so a killed or interrupted study
-resumes where it stopped, on another day or another machine (no Prefect cache keys). Cells run
+resumes where it stopped, on another day or another machine (no Prefect cache keys). A cell
+that is killed goes on from its last finished round: it saves its state after every round
+under ``OUT/cells/partial/`` (removed once its record is written). Cells run
 one after another, or in parallel on a Dask task runner (``workers`` > 1 or ``dask_address``).
 """
 
@@ -17,7 +19,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from al_lib.study import EXPERIMENTS, Cell, cells, experiments, record_path, run_cell, twin_record, write_record
+from al_lib.study import (EXPERIMENTS, Cell, cells, experiments, partial_path, record_path, run_cell, twin_record,
+                          write_record)
 
 #: Folder of a study's records under its output folder.
 CELLS = "cells"
@@ -103,11 +106,15 @@ def cell_task(key: str, config: dict, out: str, device: str | None = None, threa
         before = torch.get_num_threads()
         if threads:  # tiny models on shared cores: 1 thread is many times faster than 2 fighting
             torch.set_num_threads(int(threads))
+        partial = partial_path(folder, cell)
+        if partial.is_file():
+            get_run_logger().info("%s: going on from the rounds saved in %s", key, partial)
         try:
-            record, ran = run_cell(cell, load_study_source(cell.dataset), device=device), True
+            record, ran = run_cell(cell, load_study_source(cell.dataset), device=device, checkpoint=partial), True
         finally:
             torch.set_num_threads(before)
         write_record(folder, record)
+        partial.unlink(missing_ok=True)  # the record holds every round now
     last = record["rows"][-1]
     return {"key": key, "ran": ran, "reused_from": record.get("reused_from"), "seconds": record["seconds"],
             "n_labelled": last["n_labelled"],

@@ -165,3 +165,53 @@ def test_a_deep_ensemble_trains_its_members_on_their_own_and_is_calibrated(digit
     with pytest.raises(ValueError, match="exactly 3 MC samples"):
         run(digits_split, "bald", 2, model_factory=lambda: Ensemble([mlp(), mlp(), mlp()]), rounds=1,
             iterations=4, fit_kwargs=fit_kwargs)
+
+
+def test_a_checkpointed_run_killed_mid_way_resumes_with_the_same_draws(digits_split, tmp_path, monkeypatch):
+    """A run that dies in round 3 goes on from its checkpoint: the same queries, labels and noisy
+    answers as a run never interrupted, and the rounds already done are not trained again."""
+    import json
+
+    import al_lib.loop as loop
+
+    settings = dict(rounds=6, label_noise=0.2, pool_subsample=300)
+    whole = run(digits_split, "bald", 3, checkpoint=tmp_path / "whole.json", **settings)
+    assert whole.attrs["resumed_rounds"] == 0
+
+    calls = {"n": 0}
+    acquire = loop.acquire
+
+    def dies_in_round_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("killed")
+        return acquire(*args, **kwargs)
+
+    path = tmp_path / "cut" / "run.json"
+    monkeypatch.setattr(loop, "acquire", dies_in_round_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(digits_split, "bald", 3, checkpoint=path, **settings)
+    assert len(json.loads(path.read_text())["rows"]) == 3
+    monkeypatch.setattr(loop, "acquire", acquire)
+
+    trained = []
+    fit_members = loop.fit_members
+    monkeypatch.setattr(loop, "fit_members", lambda *a, **k: trained.append(1) or fit_members(*a, **k))
+    resumed = run(digits_split, "bald", 3, checkpoint=path, **settings)
+    assert resumed.attrs["resumed_rounds"] == 3 and len(trained) == 3
+    assert resumed["queried_ids"].tolist() == whole["queried_ids"].tolist()
+    assert resumed["n_labelled"].tolist() == whole["n_labelled"].tolist()
+    assert resumed["n_noisy_labels"].tolist() == whole["n_noisy_labels"].tolist()
+    np.testing.assert_allclose(resumed["accuracy"], whole["accuracy"], atol=1e-6)
+    np.testing.assert_allclose(resumed["nll"], whole["nll"], rtol=1e-5)
+    labels = [{k: v for k, v in json.loads(f.read_text())["labels"].items() if k != "labelled_at"}
+              for f in (path, tmp_path / "whole.json")]
+    assert labels[0] == labels[1]  # ids, answers (noise included), rounds, sources; not the clock
+
+    # Another run's checkpoint is refused, naming the file and what differs; nothing is overwritten.
+    before = path.read_text()
+    with pytest.raises(ValueError, match=r"run\.json: cannot resume .*query_size"):
+        run(digits_split, "bald", 3, checkpoint=path, **{**settings, "query_size": 5})
+    assert path.read_text() == before
+    with pytest.raises(ValueError, match="stopping"):
+        run(digits_split, "bald", 3, checkpoint=tmp_path / "s.json", stopping=[{"name": "label_budget", "budget": 50}])

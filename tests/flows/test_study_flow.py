@@ -77,6 +77,39 @@ def test_the_whole_quick_study(prefect_api, tmp_path):
     print(f"quick study: {len(expected)} cells in {seconds:.1f} s")
 
 
+def test_a_killed_cell_goes_on_from_its_last_round(prefect_api, tmp_path, monkeypatch):
+    """A cell killed in round 2 leaves its first two rounds under cells/partial/; the next
+    `al study` goes on from there, records the cell whole and removes the partial file."""
+    import al_lib.loop as loop
+    from al_lib.study import partial_path, run_cell
+
+    out = tmp_path / "study"
+    cell = next(c for c in study_cells("pool_size", dataset="digits", quick=True) if c.condition == "pool=25%")
+    partial = partial_path(out / "cells", cell)
+    acquire, calls = loop.acquire, []
+
+    def killed_in_round_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return acquire(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "acquire", killed_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_cell(cell, checkpoint=partial)
+    monkeypatch.setattr(loop, "acquire", acquire)
+    assert len(json.loads(partial.read_text())["rows"]) == 2
+    assert read_records(out / "cells") == []  # a partial cell is not a record
+
+    result = al_study("pool_size", dataset="digits", quick=True, out=str(out))
+    assert result["ran"] == 4 and not partial.exists()
+    record = json.loads((out / "cells" / f"{cell.key()}.json").read_text())
+    assert record["resumed_rounds"] == 2 and [r["n_labelled"] for r in record["rows"]] == [20, 30, 40, 50]
+    assert record["seconds"] >= sum(r["seconds_train"] + r["seconds_eval"] for r in record["rows"])
+    others = [json.loads(f.read_text()) for f in (out / "cells").glob("*.json") if f.stem != cell.key()]
+    assert [r["resumed_rounds"] for r in others] == [0, 0, 0]
+
+
 def test_a_run_shared_by_experiments_is_computed_once():
     """The full study's 220 cells are 170 distinct runs: the baseline's 15 are also noise λ=0,
     converged, Q=10 and Δ=0 (50 twins), copied after the first is computed."""
