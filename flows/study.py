@@ -151,7 +151,7 @@ def al_study(experiment: str, dataset: str = "mnist", quick: bool = False, seeds
     distinct, twins = split_twins(todo)
     start = time.perf_counter()
     if distinct and parallel:
-        states = _run_on_dask(distinct, str(out_dir), device, threads, workers, dask_address)
+        states = _run_on_dask(distinct, len(todo), str(out_dir), device, threads, workers, dask_address)
     else:
         states = [_run_here(log, i, len(todo), c, out_dir, device, threads) for i, c in enumerate(distinct, 1)]
     lost = {o["key"] for o in states if o["error"] is not None}
@@ -208,19 +208,20 @@ def _outcome(log, i: int, n: int, key: str, state) -> dict:
     return {"key": key, "summary": s, "error": None}
 
 
-def _run_on_dask(todo: list[Cell], out: str, device, threads, workers: int, address: str | None) -> list:
+def _run_on_dask(todo: list[Cell], total: int, out: str, device, threads, workers: int, address: str | None) -> list:
     from flows.dask_runner import dask_task_runner, workers_report_here
 
     with workers_report_here():
         return study_cells_parallel.with_options(task_runner=dask_task_runner(workers, address))(
-            [c.key() for c in todo], [c.config() for c in todo], out, device, threads)
+            [c.key() for c in todo], [c.config() for c in todo], out, device, threads, total)
 
 
 @flow(name="al-study-parallel")
 def study_cells_parallel(keys: list[str], configs: list[dict], out: str, device: str | None,
-                         threads: int | None) -> list:
-    """The cells on the flow's task runner, each logged as it ends; returns their outcomes
-    (``{"key", "summary", "error"}``) in the order they ended."""
+                         threads: int | None, total: int | None = None) -> list:
+    """The cells on the flow's task runner, each logged as it ends (``total``: the count the log
+    gives, default the number of cells here); returns their outcomes (``{"key", "summary",
+    "error"}``) in the order they ended."""
     from prefect.futures import as_completed
 
     log = get_run_logger()
@@ -228,7 +229,7 @@ def study_cells_parallel(keys: list[str], configs: list[dict], out: str, device:
     states = []
     for i, future in enumerate(as_completed(list(futures)), 1):
         future.wait()
-        states.append(_outcome(log, i, len(futures), futures[future], future.state))
+        states.append(_outcome(log, i, total or len(futures), futures[future], future.state))
     return states
 
 
