@@ -141,6 +141,9 @@ def al_study(experiment: str, dataset: str = "mnist", quick: bool = False, seeds
     out_dir = Path(out) if out else default_out(dataset, quick)
     folder = out_dir / CELLS
     todo = [c for c in all_cells if not record_path(folder, c).is_file()]
+    for c in all_cells:  # a partial file left by a run killed between the record's write and its removal
+        if record_path(folder, c).is_file():
+            partial_path(folder, c).unlink(missing_ok=True)
     log.info("study %s on %s%s: %d cells, %d already recorded in %s, %d to run", experiment, dataset,
              " (quick)" if quick else "", len(all_cells), len(all_cells) - len(todo), folder, len(todo))
     parallel = workers > 1 or bool(dask_address)

@@ -109,6 +109,10 @@ def test_a_killed_cell_goes_on_from_its_last_round(prefect_api, tmp_path, monkey
     others = [json.loads(f.read_text()) for f in (out / "cells").glob("*.json") if f.stem != cell.key()]
     assert [r["resumed_rounds"] for r in others] == [0, 0, 0]
 
+    # A partial file beside its finished record (killed between the two writes) is removed.
+    partial.write_text("{}")
+    assert al_study("pool_size", dataset="digits", quick=True, out=str(out))["ran"] == 0 and not partial.exists()
+
 
 def test_a_run_shared_by_experiments_is_computed_once():
     """The full study's 220 cells are 170 distinct runs: the baseline's 15 are also noise λ=0,
