@@ -360,7 +360,7 @@ def _label_efficiency(part, experiment, figures, base, quick, rec) -> list[str]:
     max_labels = int(part["n_labelled"].max())
     lines = ["| strategy | labels to 90 % (median [q1, q3]) | labels to 95 % | papers (90 % / 95 %) |",
              "|---|---|---|---|"]
-    medians = {}
+    medians, spreads = {}, {}
     for strategy in part["strategy"].unique():
         row = [_NAMES.get(strategy, strategy)]
         for threshold in (0.90, 0.95):
@@ -372,6 +372,7 @@ def _label_efficiency(part, experiment, figures, base, quick, rec) -> list[str]:
                 filled = reach.fillna(np.inf)
                 q1, med, q3 = np.quantile(filled, [0.25, 0.5, 0.75])
                 medians[(strategy, threshold)] = med
+                spreads[(strategy, threshold)] = (q1, q3)
                 row.append(f"{med:.0f} [{q1:.0f}, {q3:.0f}]".replace("inf", f">{max_labels}"))
         ref = REFERENCE_LABELS.get(strategy)
         row.append(f"{ref[0]} / {ref[1]} ({ref[2]})" if ref else "–")
@@ -393,13 +394,34 @@ def _label_efficiency(part, experiment, figures, base, quick, rec) -> list[str]:
             verdict = f"none reached it within {max_labels} labels, so the papers' ordering cannot be judged here."
         else:
             verdict = "the papers' ordering BatchBALD ≤ BALD < Random " + ("holds" if ordering else
-                                                                          "does **not** hold") + " here."
+                                                                          "does **not** hold") + " here"
+            verdict += "." if ordering else _why_not(ours, spreads, threshold)
         sentences.append(f"To {threshold:.0%}: {text} — {verdict}")
     sentences.append(_against_papers(medians, [s for s in part["strategy"].unique() if s in REFERENCE_LABELS],
                                      max_labels))
     caveat = _caveat(quick, part).strip(" ()")
     return lines + ["", _img(png, base, "label efficiency"), "",
                     "**Finding.** " + " ".join(sentences) + (f" ({caveat}.)" if caveat else "")]
+
+
+def _why_not(ours: dict, spreads: dict, threshold: float) -> str:
+    """The end of the sentence saying the ordering fails: each pair out of order, and whether the
+    gap lies within the spread over seeds (interquartile ranges overlapping: more seeds decide)."""
+    pairs = [("batch_bald", "bald", lambda a, b: a <= b), ("bald", "random", lambda a, b: a < b)]
+    reasons = []
+    for first, second, in_order in pairs:
+        a, b = ours[first], ours[second]
+        if in_order(a, b):
+            continue
+        if np.isinf(a):
+            reasons.append(f"{_NAMES[first]} did not reach it in most seeds, {_NAMES[second]} did")
+            continue
+        ra, rb = spreads[(first, threshold)], spreads[(second, threshold)]
+        within = ra[0] <= rb[1] and rb[0] <= ra[1]
+        reasons.append(f"{_NAMES[first]} needs {a - b:+.0f} labels against {_NAMES[second]}, "
+                       + ("within the spread over seeds (their quartile ranges overlap): more seeds decide"
+                          if within else "outside the spread over seeds"))
+    return ": " + "; ".join(reasons) + "." if reasons else "."
 
 
 def _against_papers(medians: dict, strategies: list, max_labels: int) -> str:

@@ -51,6 +51,35 @@ def test_label_efficiency_medians_and_the_papers_ordering(tmp_path):
            "ordering BatchBALD ≤ BALD < Random holds here." in text
 
 
+def test_a_failed_ordering_says_whether_the_seeds_spread_covers_it(tmp_path):
+    """Two seeds: BatchBALD reaches 95 % at 40 labels in one seed and never in the other, BALD at
+    40 in both; BALD beats Random outside any overlap."""
+    folder = tmp_path / "cells"
+    efficiency = cells(experiments(quick=True, seeds=2)["label_efficiency"], dataset="digits", quick=True)
+    curves = {("batch_bald", 0): [0.5, 0.91, 0.94, 0.97], ("batch_bald", 1): [0.5, 0.91, 0.96, 0.97],
+              ("bald", 0): [0.5, 0.91, 0.92, 0.96], ("bald", 1): [0.5, 0.91, 0.92, 0.96]}
+    for c in efficiency:
+        if c.strategy in ("batch_bald", "bald", "random"):
+            write_record(folder, _record(c, curves.get((c.strategy, c.seed), [0.5, 0.6, 0.7, 0.8]), [1.0] * 4))
+    text = write_report(folder, tmp_path / "r.md").read_text()
+    assert "To 95%: BatchBALD 45 (papers 225), BALD 50 (papers 335), Random >50 (papers 835) — the papers' " \
+           "ordering BatchBALD ≤ BALD < Random holds here." in text
+    # BatchBALD at 50 and 40 labels [42.5, 47.5], BALD at 30 and 50 [35, 45]: out of order, overlapping.
+    curves[("batch_bald", 0)] = [0.5, 0.91, 0.94, 0.96]
+    curves[("bald", 0)] = [0.5, 0.96, 0.97, 0.97]
+    for c in efficiency:
+        if c.strategy in ("batch_bald", "bald"):
+            write_record(folder, _record(c, curves[(c.strategy, c.seed)], [1.0] * 4))
+    text = write_report(folder, tmp_path / "r.md").read_text()
+    assert "does **not** hold here: BatchBALD needs +5 labels against BALD, within the spread over seeds " \
+           "(their quartile ranges overlap): more seeds decide." in text
+    for c in efficiency:  # BatchBALD never reaches 95 %
+        if c.strategy == "batch_bald":
+            write_record(folder, _record(c, [0.5, 0.91, 0.94, 0.94], [1.0] * 4))
+    text = write_report(folder, tmp_path / "r.md").read_text()
+    assert "does **not** hold here: BatchBALD did not reach it in most seeds, BALD did." in text
+
+
 def test_label_efficiency_does_not_judge_the_ordering_on_strategies_not_run(tmp_path):
     folder = tmp_path / "cells"
     efficiency = cells(experiments(quick=True)["label_efficiency"], dataset="digits", quick=True)
