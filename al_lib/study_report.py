@@ -248,6 +248,11 @@ def _verdict(agree: bool) -> str:
     return "agrees with the seed" if agree else "does **not** agree with the seed"
 
 
+#: The finding of an experiment whose recorded cells hold no condition with both BALD and Random.
+_NOT_BOTH = ("**Finding.** Not yet: no condition has both BALD and Random recorded, so the seed's comparison "
+             "cannot be made.")
+
+
 def _baseline(part, experiment, figures, base, quick, rec) -> list[str]:
     budgets = experiment.budgets
     acc_png, nll_png = figures / "baseline_accuracy.png", figures / "baseline_nll.png"
@@ -262,6 +267,8 @@ def _baseline(part, experiment, figures, base, quick, rec) -> list[str]:
     sentence = (f"At {b} labels BALD's test NLL is {bald:.3f} against Random's {rand:.3f} "
                 f"({rand - bald:+.3f}): this {_verdict(bald < rand)} (BALD below Random once the model is "
                 f"trained to convergence, seed Fig. 1){_caveat(quick, part)}.")
+    if np.isnan(bald) or np.isnan(rand):
+        sentence = _NOT_BOTH.removeprefix("**Finding.** ")
     return (_table(part, budgets, "accuracy") + [""] + _table(part, budgets, "nll") +
             ["", _img(acc_png, base, "baseline accuracy"), "", _img(nll_png, base, "baseline NLL"), "",
              "**Finding.** " + sentence])
@@ -274,6 +281,9 @@ def _noise(part, experiment, figures, base, quick, rec) -> list[str]:
     for condition in part["condition"].unique():
         gaps.append((condition, _mean_at(part, b, "nll", condition=condition, strategy="random")
                      - _mean_at(part, b, "nll", condition=condition, strategy="bald")))
+    gaps = [(c, g) for c, g in gaps if not np.isnan(g)]
+    if not gaps:
+        return _table(part, budgets, "nll") + ["", _NOT_BOTH]
     worst = gaps[-1]
     sentence = (f"At {b} labels BALD's NLL advantage over Random is "
                 + ", ".join(f"{g:+.3f} at {c}" for c, g in gaps)
@@ -291,6 +301,9 @@ def _convergence(part, experiment, figures, base, quick, rec) -> list[str]:
     gain = {c: _mean_at(part, b, "nll", condition=c, strategy="random") - _mean_at(part, b, "nll", condition=c,
                                                                                      strategy="bald")
             for c in part["condition"].unique()}
+    gain = {c: g for c, g in gain.items() if not np.isnan(g)}
+    if not gain:
+        return _table(part, budgets, "nll") + ["", _NOT_BOTH]
     converged = gain.get("converged", float("nan"))
     agree = converged > 0 and all(converged >= g for c, g in gain.items() if c != "converged")
     sentence = (f"Active gain at {b} labels: " + ", ".join(f"{c} {g:+.3f}" for c, g in gain.items())
@@ -303,6 +316,10 @@ def _query_size(part, experiment, figures, base, quick, rec) -> list[str]:
     budgets = experiment.budgets
     b = budgets[-1]
     nll = {c: _mean_at(part, b, "nll", condition=c, strategy="bald") for c in part["condition"].unique()}
+    nll = {c: v for c, v in nll.items() if not np.isnan(v)}
+    if len(nll) < 2:
+        return _table(part, budgets, "nll") + ["", "**Finding.** Not yet: BALD is recorded at fewer than two query "
+                                                   "sizes, so nothing can be compared."]
     spread = max(nll.values()) - min(nll.values())
     small = min(nll.values())
     ok = [c for c, v in nll.items() if v <= small * 1.05]
@@ -347,6 +364,8 @@ def _imbalance(part, experiment, figures, base, quick, rec) -> list[str]:
     _curves(reduced[reduced["condition"] == worst], "minority_f1", png, f"F1 of the reduced classes ({worst})")
     bald = _mean_at(reduced, b, "minority_f1", condition=worst, strategy="bald")
     rand = _mean_at(reduced, b, "minority_f1", condition=worst, strategy="random")
+    if np.isnan(bald) or np.isnan(rand):
+        return lines + ["", _NOT_BOTH]
     sentence = (f"With {worst} reduced classes, the F1 of the reduced classes at {b} labels is {bald:.3f} for BALD "
                 f"and {rand:.3f} for Random ({bald - rand:+.3f}); the seed finds BALD helps the rare classes more "
                 "than Random does: this " + _verdict(bald > rand) + _caveat(quick, part) + ".")

@@ -151,16 +151,21 @@ def al_study(experiment: str, dataset: str = "mnist", quick: bool = False, seeds
     # The same run under two experiments (baseline = noise λ=0 = converged = ...) is computed once:
     # first every distinct run, then its twins copy its record — on Dask too, where a twin started
     # beside its original would otherwise find no record yet and compute it again.
-    distinct, twins = split_twins(todo)
+    # Copies of runs already recorded go first, here: they take no time and complete the tables at once.
     start = time.perf_counter()
+    copies = [c for c in todo if twin_record(folder, c) is not None]
+    states = [_run_here(log, i, len(todo), c, out_dir, device, threads) for i, c in enumerate(copies, 1)]
+    distinct, twins = split_twins([c for c in todo if c not in copies])
     if distinct and parallel:
-        states = _run_on_dask(distinct, len(todo), str(out_dir), device, threads, workers, dask_address)
+        states += _run_on_dask(distinct, len(todo), str(out_dir), device, threads, workers, dask_address,
+                               done=len(states))
     else:
-        states = [_run_here(log, i, len(todo), c, out_dir, device, threads) for i, c in enumerate(distinct, 1)]
+        states += [_run_here(log, i, len(todo), c, out_dir, device, threads)
+                   for i, c in enumerate(distinct, len(states) + 1)]
     lost = {o["key"] for o in states if o["error"] is not None}
     by_key = {c.key(): c for c in distinct}
     lost_runs = {by_key[k].run_hash() for k in lost}
-    for i, c in enumerate(twins, len(distinct) + 1):
+    for i, c in enumerate(twins, len(states) + 1):
         if c.run_hash() in lost_runs:  # its run failed: left to the rerun, not computed here under another name
             log.error("cell %d of %d not run: %s — the same run failed under another experiment", i, len(todo), c.key())
             states.append({"key": c.key(), "summary": None, "error": "the same run failed"})
@@ -211,26 +216,27 @@ def _outcome(log, i: int, n: int, key: str, state) -> dict:
     return {"key": key, "summary": s, "error": None}
 
 
-def _run_on_dask(todo: list[Cell], total: int, out: str, device, threads, workers: int, address: str | None) -> list:
+def _run_on_dask(todo: list[Cell], total: int, out: str, device, threads, workers: int, address: str | None,
+                 done: int = 0) -> list:
     from flows.dask_runner import dask_task_runner, workers_report_here
 
     with workers_report_here():
         return study_cells_parallel.with_options(task_runner=dask_task_runner(workers, address))(
-            [c.key() for c in todo], [c.config() for c in todo], out, device, threads, total)
+            [c.key() for c in todo], [c.config() for c in todo], out, device, threads, total, done)
 
 
 @flow(name="al-study-parallel")
 def study_cells_parallel(keys: list[str], configs: list[dict], out: str, device: str | None,
-                         threads: int | None, total: int | None = None) -> list:
-    """The cells on the flow's task runner, each logged as it ends (``total``: the count the log
-    gives, default the number of cells here); returns their outcomes (``{"key", "summary",
+                         threads: int | None, total: int | None = None, done: int = 0) -> list:
+    """The cells on the flow's task runner, each logged as it ends (as cell ``done`` + i of
+    ``total``, default the number of cells here); returns their outcomes (``{"key", "summary",
     "error"}``) in the order they ended."""
     from prefect.futures import as_completed
 
     log = get_run_logger()
     futures = {cell_task.submit(k, c, out, device, threads): k for k, c in zip(keys, configs)}
     states = []
-    for i, future in enumerate(as_completed(list(futures)), 1):
+    for i, future in enumerate(as_completed(list(futures)), done + 1):
         future.wait()
         states.append(_outcome(log, i, total or len(futures), futures[future], future.state))
     return states

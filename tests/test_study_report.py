@@ -131,3 +131,18 @@ def test_label_efficiency_compares_every_strategy_with_its_paper_figure():
     assert "BALD -5 / +30" in text and f"not reached in 500 (papers {var[1]})" in text
     assert "match or beat them in 1 of 4" in text
     assert "furthest behind: Var-ratio to 95% and Var-ratio to 90% (40 more)" in text
+
+
+def test_findings_wait_for_both_arms(tmp_path):
+    """A partial study (BALD alone under noise, convergence and imbalance) states no finding on a NaN."""
+    folder = tmp_path / "cells"
+    chosen = experiments(quick=True)
+    for name in ("baseline", "noise", "convergence", "imbalance", "query_size"):
+        for c in cells(chosen[name], dataset="digits", quick=True):
+            if c.strategy == "bald" and c.condition in ("standard", "lambda=0.1", "under-trained", "delta=3", "Q=10"):
+                write_record(folder, _record(c, [0.5, 0.6, 0.7, 0.8], [1.0] * 4,
+                                             minority=0.5 if name == "imbalance" else None))
+    text = write_report(folder, tmp_path / "r.md").read_text()
+    assert "nan" not in text.lower()
+    assert text.count("no condition has both BALD and Random recorded") == 4
+    assert "BALD is recorded at fewer than two query sizes" in text

@@ -132,6 +132,9 @@ def test_cells_on_dask_give_the_records_of_a_serial_run(prefect_api, tmp_path):
     al_study("query_size", dataset="digits", quick=True, out=str(serial))
     result = al_study("query_size", dataset="digits", quick=True, out=str(parallel), workers=2)
     assert result["ran"] == 6
+    # The baseline's BALD and Random are Q=10's runs: copied first, before the one cell to compute.
+    baseline = al_study("baseline", dataset="digits", quick=True, out=str(parallel), workers=2)
+    assert [(r["ran"], bool(r["reused_from"])) for r in baseline["results"]] == [(False, True)] * 2 + [(True, False)]
     for a in sorted((serial / "cells").glob("*.json")):
         rows_a = json.loads(a.read_text())["rows"]
         rows_b = json.loads((parallel / "cells" / a.name).read_text())["rows"]
