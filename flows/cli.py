@@ -120,7 +120,8 @@ def _add_study_parser(sub) -> None:
 
     p = sub.add_parser("study", help="run the systematic study (resumable), or write its report",
                        description="Run one experiment of the seed's study, or all, as a Prefect flow: one task "
-                                   "and one result file per cell under OUT/cells; a rerun skips recorded cells. "
+                                   "and one result file per cell under OUT/cells; a rerun skips recorded cells, and a "
+                                   "cell stopped mid-way goes on from its last finished round (OUT/cells/partial). "
                                    "`al study report` writes the Markdown report from the recorded cells.")
     p.add_argument("experiment", choices=(*EXPERIMENTS, "all", "report"), help="an experiment, all, or report")
     p.add_argument("--dataset", default="mnist",
