@@ -253,6 +253,14 @@ _NOT_BOTH = ("**Finding.** Not yet: no condition has both BALD and Random record
              "cannot be made.")
 
 
+def _one_condition(pairs: list, what: str) -> str:
+    """The finding of an experiment with BALD and Random recorded under fewer than two conditions."""
+    if not pairs:
+        return _NOT_BOTH
+    return (f"**Finding.** Not yet: BALD and Random are both recorded only at {pairs[0][0]} "
+            f"(NLL gap {pairs[0][1]:+.3f}); the seed's comparison needs at least two {what}.")
+
+
 def _baseline(part, experiment, figures, base, quick, rec) -> list[str]:
     budgets = experiment.budgets
     acc_png, nll_png = figures / "baseline_accuracy.png", figures / "baseline_nll.png"
@@ -282,8 +290,8 @@ def _noise(part, experiment, figures, base, quick, rec) -> list[str]:
         gaps.append((condition, _mean_at(part, b, "nll", condition=condition, strategy="random")
                      - _mean_at(part, b, "nll", condition=condition, strategy="bald")))
     gaps = [(c, g) for c, g in gaps if not np.isnan(g)]
-    if not gaps:
-        return _table(part, budgets, "nll") + ["", _NOT_BOTH]
+    if len(gaps) < 2:
+        return _table(part, budgets, "nll") + ["", _one_condition(gaps, "noise levels")]
     worst = gaps[-1]
     sentence = (f"At {b} labels BALD's NLL advantage over Random is "
                 + ", ".join(f"{g:+.3f} at {c}" for c, g in gaps)
@@ -302,8 +310,9 @@ def _convergence(part, experiment, figures, base, quick, rec) -> list[str]:
                                                                                      strategy="bald")
             for c in part["condition"].unique()}
     gain = {c: g for c, g in gain.items() if not np.isnan(g)}
-    if not gain:
-        return _table(part, budgets, "nll") + ["", _NOT_BOTH]
+    if len(gain) < 2:
+        return (_table(part, budgets, "nll") + ["", _img(png, base, "active gain"), "",
+                                                _one_condition(list(gain.items()), "training regimes")])
     converged = gain.get("converged", float("nan"))
     agree = converged > 0 and all(converged >= g for c, g in gain.items() if c != "converged")
     sentence = (f"Active gain at {b} labels: " + ", ".join(f"{c} {g:+.3f}" for c, g in gain.items())

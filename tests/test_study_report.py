@@ -145,4 +145,12 @@ def test_findings_wait_for_both_arms(tmp_path):
     text = write_report(folder, tmp_path / "r.md").read_text()
     assert "nan" not in text.lower()
     assert text.count("no condition has both BALD and Random recorded") == 4
+    for name in ("noise", "convergence"):  # one condition with both arms: still nothing to compare
+        for c in cells(chosen[name], dataset="digits", quick=True):
+            if c.strategy == "random" and c.condition in ("lambda=0.1", "under-trained"):
+                write_record(folder, _record(c, [0.5, 0.6, 0.7, 0.8], [1.5] * 4))
+    text = write_report(folder, tmp_path / "r.md").read_text()
+    assert "Not yet: BALD and Random are both recorded only at lambda=0.1 (NLL gap +0.500); the seed's " \
+           "comparison needs at least two noise levels." in text
+    assert "only at under-trained (NLL gap +0.500)" in text and "training regimes" in text
     assert "BALD is recorded at fewer than two query sizes" in text
