@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 LS_SPEC=${LS_SPEC:-label-studio==1.23.*}
+# sentry-sdk 3 (2026-12) refuses the options Label Studio 1.23 starts it with ("Unknown option
+# 'send_default_pii'"): the server and its database migration die at import.
+SENTRY_SPEC="sentry-sdk<3"
 VENV=.venv-labelstudio
 TEMPLATE=$VENV/al-db-template
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -13,8 +16,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(not m.version('label-studio').startswith('1.23.'))" 2>/dev/null; then
   echo "labelstudio: installing $LS_SPEC into $VENV (a few minutes)"
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q "$LS_SPEC"
+  "$VENV/bin/python" -m pip install -q "$LS_SPEC" "$SENTRY_SPEC"
   rm -rf "$TEMPLATE"
+fi
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(int(m.version('sentry-sdk').split('.')[0]) >= 3)"; then
+  echo "labelstudio: $SENTRY_SPEC into $VENV (Label Studio 1.23 fails to start with sentry-sdk 3)"
+  "$VENV/bin/python" -m pip install -q "$SENTRY_SPEC"
 fi
 if [ ! -f "$TEMPLATE/label_studio.sqlite3" ]; then
   echo "labelstudio: migrating an empty database into $TEMPLATE (a few minutes)"
