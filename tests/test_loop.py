@@ -213,5 +213,8 @@ def test_a_checkpointed_run_killed_mid_way_resumes_with_the_same_draws(digits_sp
     with pytest.raises(ValueError, match=r"run\.json: cannot resume .*query_size"):
         run(digits_split, "bald", 3, checkpoint=path, **{**settings, "query_size": 5})
     assert path.read_text() == before
+    path.write_text('{"version": 1, "rows": [')  # cut short mid-write by something other than us
+    with pytest.raises(ValueError, match=r"run\.json: cannot resume from this checkpoint"):
+        run(digits_split, "bald", 3, checkpoint=path, **settings)
     with pytest.raises(ValueError, match="stopping"):
         run(digits_split, "bald", 3, checkpoint=tmp_path / "s.json", stopping=[{"name": "label_budget", "budget": 50}])
