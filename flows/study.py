@@ -149,9 +149,9 @@ def al_study(experiment: str, dataset: str = "mnist", quick: bool = False, seeds
     parallel = workers > 1 or bool(dask_address)
     threads = threads or (1 if quick or parallel else None)
     # The same run under two experiments (baseline = noise λ=0 = converged = ...) is computed once:
-    # first every distinct run, then its twins copy its record — on Dask too, where a twin started
-    # beside its original would otherwise find no record yet and compute it again.
-    # Copies of runs already recorded go first, here: they take no time and complete the tables at once.
+    # copies of runs already recorded first (no time, the tables complete at once), then every
+    # distinct run, then its twins copy its record — on Dask too, where a twin started beside its
+    # original would find no record yet and compute it again.
     start = time.perf_counter()
     copies = [c for c in todo if twin_record(folder, c) is not None]
     states = [_run_here(log, i, len(todo), c, out_dir, device, threads) for i, c in enumerate(copies, 1)]
@@ -163,8 +163,7 @@ def al_study(experiment: str, dataset: str = "mnist", quick: bool = False, seeds
         states += [_run_here(log, i, len(todo), c, out_dir, device, threads)
                    for i, c in enumerate(distinct, len(states) + 1)]
     lost = {o["key"] for o in states if o["error"] is not None}
-    by_key = {c.key(): c for c in distinct}
-    lost_runs = {by_key[k].run_hash() for k in lost}
+    lost_runs = {c.run_hash() for c in distinct if c.key() in lost}
     for i, c in enumerate(twins, len(states) + 1):
         if c.run_hash() in lost_runs:  # its run failed: left to the rerun, not computed here under another name
             log.error("cell %d of %d not run: %s — the same run failed under another experiment", i, len(todo), c.key())
