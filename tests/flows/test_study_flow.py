@@ -125,6 +125,55 @@ def test_a_run_shared_by_experiments_is_computed_once():
     assert [c.key() for c in distinct] == [c.key() for c in todo if c in distinct]  # the study's order kept
 
 
+def test_a_failed_run_leaves_its_twins_and_copies_to_the_rerun(prefect_api, tmp_path, monkeypatch):
+    """A failed run is not computed again under a second experiment's name in the same study;
+    a failed twin or copy fails alone: every other cell is recorded, the error names the failed
+    cells, and a rerun completes exactly those."""
+    import flows.study as study
+
+    out = tmp_path / "study"
+    picked = [c for c in study_cells("all", dataset="digits", quick=True) if c.strategy == "random"
+              and (c.experiment == "baseline" or (c.experiment == "noise" and c.condition != "lambda=0.1"))]
+    baseline, twin, noisy = picked  # noise λ=0 is the baseline's run; λ=0.05 a run of its own
+    assert twin.run_hash() == baseline.run_hash() != noisy.run_hash()
+    monkeypatch.setattr(study, "study_cells", lambda *args, **kwargs: picked)
+    run_cell, write_record = study.run_cell, study.write_record
+
+    def run_fails(cell):
+        def patched(c, *args, **kwargs):
+            if c.key() == cell.key():
+                raise RuntimeError(f"{c.key()} ran out of memory")
+            return run_cell(c, *args, **kwargs)
+        return patched
+
+    def write_fails(cell):
+        def patched(folder, record):
+            if record["key"] == cell.key():
+                raise OSError(f"no space left on device to write {record['key']}")
+            return write_record(folder, record)
+        return patched
+
+    def failed_keys(**kwargs):
+        with pytest.raises(RuntimeError) as error:
+            al_study("all", dataset="digits", quick=True, out=str(out), **kwargs)
+        return {k for k in (baseline.key(), twin.key(), noisy.key()) if k in str(error.value)}
+
+    # The baseline's run fails: its twin is not computed in its place, the other run is recorded.
+    monkeypatch.setattr(study, "run_cell", run_fails(baseline))
+    assert failed_keys() == {baseline.key(), twin.key()}
+    assert [r["key"] for r in read_records(out / "cells")] == [noisy.key()]
+
+    # The run succeeds, its twin's copy fails to write; then the copy of the recorded run fails.
+    monkeypatch.setattr(study, "run_cell", run_cell)
+    monkeypatch.setattr(study, "write_record", write_fails(twin))
+    assert failed_keys() == {twin.key()}
+    assert failed_keys() == {twin.key()}
+    monkeypatch.setattr(study, "write_record", write_record)
+    result = al_study("all", dataset="digits", quick=True, out=str(out))
+    assert (result["ran"], result["reused"], result["skipped"], result["failed"]) == (0, 1, 2, [])
+    assert sorted(r["key"] for r in read_records(out / "cells")) == sorted(c.key() for c in picked)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_cells_on_dask_give_the_records_of_a_serial_run(prefect_api, tmp_path):
