@@ -23,7 +23,9 @@ the 10 000 test images; 20 random initial labels, 10 per query, 31 rounds (20 �
 budgets reported at 120, 220, 320); label efficiency runs 80 rounds (20 → 810 labels); T = 20
 MC samples; 2 000 pool images scored per round (Gal et al.); weights reset each round and trained
 with al_lib's protocol for few labels, :data:`al_lib.training.ACTIVE_LEARNING_TRAINING`
-(fixed-length epochs of at least ``min_samples_per_epoch`` samples; see its comment).
+(fixed-length epochs of at least ``min_samples_per_epoch`` samples; see its comment): 20
+epochs for every cell but the convergence experiment's under-trained (2 epochs) and over-trained
+(60) regimes, 1/10 and 3 times the converged model's gradient steps at every number of labels.
 Quick scale (``quick=True``): 1 seed, an 800-image pool and 200 test images, 20 → 50 labels,
 T = 4, ≤ 20 full-batch epochs, 150 images scored: seconds per cell, to check the machinery, not the science.
 
@@ -83,13 +85,13 @@ class Scale:
     fit: dict | None  # None: al_lib.training.ACTIVE_LEARNING_TRAINING (resolved on use: torch loads with it)
     query_sizes: tuple[int, ...]
     imbalance: tuple[int, ...]
-    under_epochs: int
-    over_epochs: int
+    under_epochs: int  # the convergence experiment's regimes: epochs of the scale's protocol
+    over_epochs: int  # (converged: its own epochs), no early stopping
 
 
 FULL = Scale(seeds=5, pool_limit=20_000, test_limit=None, initial_labels=20, query_size=10, rounds=31,
              efficiency_rounds=80, iterations=20, pool_subsample=2000, fit=None,
-             query_sizes=(10, 20, 50, 100), imbalance=(0, 2, 5), under_epochs=2, over_epochs=150)
+             query_sizes=(10, 20, 50, 100), imbalance=(0, 2, 5), under_epochs=2, over_epochs=60)
 QUICK = Scale(seeds=1, pool_limit=800, test_limit=200, initial_labels=20, query_size=10, rounds=4,
               efficiency_rounds=4, iterations=4, pool_subsample=150,
               fit={"max_epochs": 20, "patience": 4, "val_fraction": 0.2, "batch_size": 64, "lr": 5e-3,
@@ -194,9 +196,9 @@ def experiments(*, quick: bool = False, seeds: int | None = None) -> dict[str, E
         Experiment("noise", "Label noise: λ of the oracle's answers flipped to a wrong class; test NLL (seed Table 1)",
                    {f"lambda={v}": {"label_noise": v} for v in (0.0, 0.05, 0.1)}, three, seed_list, budgets, base),
         Experiment("convergence", "Training regime: active gain NLL(Random) − NLL(BALD) per budget (seed Figs. 2, 4)",
-                   {"under-trained": {"fit_kwargs": {**fit, **_passes(s.under_epochs, fit)}},
+                   {"under-trained": {"fit_kwargs": {**fit, **_regime(s.under_epochs)}},
                     "converged": {},
-                    "over-trained": {"fit_kwargs": {**fit, **_passes(s.over_epochs, fit)}}},
+                    "over-trained": {"fit_kwargs": {**fit, **_regime(s.over_epochs)}}},
                    two, seed_list, budgets, base),
         Experiment("query_size", "Query size Q to the same label budgets: test NLL (seed Table 2)",
                    query, two, seed_list, budgets, base),
@@ -226,11 +228,13 @@ def _training(scale: Scale) -> dict:
     return dict(ACTIVE_LEARNING_TRAINING)
 
 
-def _passes(epochs: int, fit: dict) -> dict:
-    """``fit`` options of the convergence experiment's fixed regimes: ``epochs`` plain passes over
-    the labels (fixed-length epochs off), no early stopping."""
-    fixed_length = {"min_samples_per_epoch": 0} if "min_samples_per_epoch" in fit else {}
-    return {"max_epochs": epochs, "val_fraction": 0.0, **fixed_length}
+def _regime(epochs: int) -> dict:
+    """``fit`` options of the convergence experiment's fixed regimes: ``epochs`` epochs of the
+    scale's protocol, no early stopping. At full scale the protocol's epochs have a fixed length
+    (at least 1 024 samples), so 2 and 60 epochs are 1/10 and 3 times the converged model's
+    gradient steps at every number of labels; plain passes over 20-320 labels would not be
+    (150 passes over 120 labels are as many steps as the converged model takes)."""
+    return {"max_epochs": epochs, "val_fraction": 0.0}
 
 
 def cells(experiment: Experiment, *, dataset: str, quick: bool) -> list[Cell]:

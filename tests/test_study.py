@@ -37,6 +37,23 @@ def test_experiments_keep_the_seeds_structure():
         experiments(seeds=0)
 
 
+@pytest.mark.parametrize("n_labels", [20, 120, 320])
+def test_training_regimes_are_under_and_over_trained_at_every_budget(n_labels):
+    """The convergence experiment's regimes, trained by al_lib's own fit (a linear model on
+    ``n_labels`` points): 1/10 and 3 times the converged model's samples drawn, at every budget."""
+    from al_lib.training import fit
+
+    regimes = experiments()["convergence"].conditions
+    base = experiments()["baseline"].settings["fit_kwargs"]
+    gen = torch.Generator().manual_seed(0)
+    data = ArrayDataset(torch.randn(n_labels, 4, generator=gen), torch.arange(n_labels) % 2)
+    drawn = {}
+    for name, overrides in {"converged": {}, **regimes}.items():
+        result = fit(torch.nn.Linear(4, 2), data, **{**base, **overrides.get("fit_kwargs", {})}, progress=False)
+        drawn[name] = result.epochs_run * result.samples_per_epoch
+    assert drawn["under-trained"] * 10 == drawn["converged"] and drawn["over-trained"] == 3 * drawn["converged"]
+
+
 def test_cell_keys_are_stable_distinct_and_follow_the_config():
     grid = [c for e in experiments().values() for c in cells(e, dataset="mnist", quick=False)]
     keys = [c.key() for c in grid]
