@@ -310,15 +310,29 @@ def _convergence(part, experiment, figures, base, quick, rec) -> list[str]:
                                                                                      strategy="bald")
             for c in part["condition"].unique()}
     gain = {c: g for c, g in gain.items() if not np.isnan(g)}
+    head = [_regimes(experiment), ""]
     if len(gain) < 2:
-        return (_table(part, budgets, "nll") + ["", _img(png, base, "active gain"), "",
-                                                _one_condition(list(gain.items()), "training regimes")])
+        return head + (_table(part, budgets, "nll") + ["", _img(png, base, "active gain"), "",
+                                                       _one_condition(list(gain.items()), "training regimes")])
     converged = gain.get("converged", float("nan"))
     agree = converged > 0 and all(converged >= g for c, g in gain.items() if c != "converged")
     sentence = (f"Active gain at {b} labels: " + ", ".join(f"{c} {g:+.3f}" for c, g in gain.items())
                 + ". The seed finds the gain largest (and positive) for the converged model: this "
                 + _verdict(agree) + _caveat(quick, part) + ".")
-    return _table(part, budgets, "nll") + ["", _img(png, base, "active gain"), "", "**Finding.** " + sentence]
+    return head + _table(part, budgets, "nll") + ["", _img(png, base, "active gain"), "", "**Finding.** " + sentence]
+
+
+def _regimes(experiment) -> str:
+    """How each training regime of the convergence experiment trains, from its settings."""
+    fits = {c: o.get("fit_kwargs", experiment.settings["fit_kwargs"]) for c, o in experiment.conditions.items()}
+
+    def words(fit: dict) -> str:
+        length = fit.get("min_samples_per_epoch") or 0
+        stop = " with early stopping" if fit.get("val_fraction") and fit.get("patience") else ""
+        return f"{fit['max_epochs']} epochs" + (f" of at least {length:,} samples".replace(",", " ") if length else "") + stop
+
+    return ("Regimes, each retrained from scratch every round: "
+            + "; ".join(f"{c}, {words(f)}" for c, f in fits.items()) + ".")
 
 
 def _query_size(part, experiment, figures, base, quick, rec) -> list[str]:

@@ -153,4 +153,6 @@ def test_findings_wait_for_both_arms(tmp_path):
     assert "Not yet: BALD and Random are both recorded only at lambda=0.1 (NLL gap +0.500); the seed's " \
            "comparison needs at least two noise levels." in text
     assert "only at under-trained (NLL gap +0.500)" in text and "training regimes" in text
+    assert "Regimes, each retrained from scratch every round: under-trained, 2 epochs; converged, 20 epochs " \
+           "with early stopping; over-trained, 40 epochs." in text
     assert "BALD is recorded at fewer than two query sizes" in text
