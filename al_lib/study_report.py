@@ -441,9 +441,24 @@ def _label_efficiency(part, experiment, figures, base, quick, rec) -> list[str]:
         sentences.append(f"To {threshold:.0%}: {text} — {verdict}")
     sentences.append(_against_papers(medians, [s for s in part["strategy"].unique() if s in REFERENCE_LABELS],
                                      max_labels))
+    if set(part["dataset"]) == {"mnist"}:
+        sentences.append(_protocol_against_papers(experiment.settings))
     caveat = _caveat(quick, part).strip(" ()")
     return lines + ["", _img(png, base, "label efficiency"), "",
                     "**Finding.** " + " ".join(sentences) + (f" ({caveat}.)" if caveat else "")]
+
+
+def _protocol_against_papers(settings: dict) -> str:
+    """Where the cells' protocol (``settings`` of the label-efficiency experiment) departs from
+    the papers' MNIST runs, as a sentence to read their differences by."""
+    fit = settings["fit_kwargs"]
+    pool = f"a {settings['pool_limit']:,}-image pool".replace(",", " ") if settings.get("pool_limit") else "the whole pool"
+    scored = (f"{settings['pool_subsample']:,}".replace(",", " ") + " of it scored per round"
+              if settings.get("pool_subsample") else "all of it scored per round")
+    stop = "early stopping on a validation split" if fit.get("val_fraction") else "no validation set"
+    return (f"Our protocol, to read the differences by: {pool} ({scored}) where the papers draw from MNIST's "
+            f"60 000 training images; {settings['initial_labels']} initial labels drawn at random where the "
+            f"papers start from a class-balanced set; each round {fit['max_epochs']} epochs from scratch, {stop}.")
 
 
 def _why_not(ours: dict, spreads: dict, threshold: float) -> str:

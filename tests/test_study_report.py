@@ -121,6 +121,25 @@ def test_a_users_data_gets_a_recommendation(tmp_path):
     assert "rerun without `--quick`" in text
 
 
+def test_label_efficiency_states_where_the_mnist_protocol_departs_from_the_papers(tmp_path):
+    """Only an MNIST study is compared with the papers' protocol, from its own settings."""
+    from al_lib.study_report import _protocol_against_papers
+
+    text = _protocol_against_papers(experiments()["label_efficiency"].settings)
+    assert text == ("Our protocol, to read the differences by: a 20 000-image pool (2 000 of it scored per round) "
+                    "where the papers draw from MNIST's 60 000 training images; 20 initial labels drawn at random "
+                    "where the papers start from a class-balanced set; each round 20 epochs from scratch, no "
+                    "validation set.")
+    folder = tmp_path / "cells"
+    for dataset in ("digits", "mnist"):
+        for c in cells(experiments(quick=True)["label_efficiency"], dataset=dataset, quick=True):
+            write_record(folder / dataset, _record(c, [0.5, 0.91, 0.96, 0.97], [1.0] * 4))
+    assert "Our protocol" not in write_report(folder / "digits", tmp_path / "d.md").read_text()
+    assert "initial labels drawn at random where the papers start from a class-balanced set; each round 20 " \
+           "epochs from scratch, early stopping on a validation split." in \
+           write_report(folder / "mnist", tmp_path / "m.md").read_text()
+
+
 def test_label_efficiency_compares_every_strategy_with_its_paper_figure():
     from al_lib.study_report import REFERENCE_LABELS, _against_papers
 
