@@ -329,7 +329,8 @@ def _regimes(experiment) -> str:
     def words(fit: dict) -> str:
         length = fit.get("min_samples_per_epoch") or 0
         stop = " with early stopping" if fit.get("val_fraction") and fit.get("patience") else ""
-        return f"{fit['max_epochs']} epochs" + (f" of at least {length:,} samples".replace(",", " ") if length else "") + stop
+        size = f" of at least {length:,} samples".replace(",", " ") if length else ""
+        return f"{fit['max_epochs']} epochs{size}{stop}"
 
     return ("Regimes, each retrained from scratch every round: "
             + "; ".join(f"{c}, {words(f)}" for c, f in fits.items()) + ".")
@@ -452,7 +453,8 @@ def _protocol_against_papers(settings: dict) -> str:
     """Where the cells' protocol (``settings`` of the label-efficiency experiment) departs from
     the papers' MNIST runs, as a sentence to read their differences by."""
     fit = settings["fit_kwargs"]
-    pool = f"a {settings['pool_limit']:,}-image pool".replace(",", " ") if settings.get("pool_limit") else "the whole pool"
+    pool = (f"a {settings['pool_limit']:,}-image pool".replace(",", " ") if settings.get("pool_limit")
+            else "the whole pool")
     scored = (f"{settings['pool_subsample']:,}".replace(",", " ") + " of it scored per round"
               if settings.get("pool_subsample") else "all of it scored per round")
     stop = "early stopping on a validation split" if fit.get("val_fraction") else "no validation set"
