@@ -453,7 +453,7 @@ def _protocol_against_papers(settings: dict) -> str:
     """Where the cells' protocol (``settings`` of the label-efficiency experiment) departs from
     the papers' MNIST runs, as a sentence to read their differences by."""
     fit = settings["fit_kwargs"]
-    pool = (f"a {settings['pool_limit']:,}-image pool".replace(",", " ") if settings.get("pool_limit")
+    pool = (f"a pool of {settings['pool_limit']:,} images".replace(",", " ") if settings.get("pool_limit")
             else "the whole pool")
     scored = (f"{settings['pool_subsample']:,}".replace(",", " ") + " of it scored per round"
               if settings.get("pool_subsample") else "all of it scored per round")

@@ -126,7 +126,7 @@ def test_label_efficiency_states_where_the_mnist_protocol_departs_from_the_paper
     from al_lib.study_report import _protocol_against_papers
 
     text = _protocol_against_papers(experiments()["label_efficiency"].settings)
-    assert text == ("Our protocol, to read the differences by: a 20 000-image pool (2 000 of it scored per round) "
+    assert text == ("Our protocol, to read the differences by: a pool of 20 000 images (2 000 of it scored per round) "
                     "where the papers draw from MNIST's 60 000 training images; 20 initial labels drawn at random "
                     "where the papers start from a class-balanced set; each round 20 epochs from scratch, no "
                     "validation set.")

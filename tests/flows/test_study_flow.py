@@ -192,6 +192,25 @@ def test_cells_on_dask_give_the_records_of_a_serial_run(prefect_api, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("out, report", [("studies/mnist", "docs/study.md"),
+                                         ("studies/mnist-quick", "studies/mnist-quick/study.md")])
+def test_the_committed_report_is_written_from_the_committed_cells(out, report, tmp_path, monkeypatch):
+    """docs/study.md is what `al study report` writes from the committed cells and notes: after
+    adding cells, rerun it (the figures are checked to exist, their pixels are matplotlib's)."""
+    import re
+    from pathlib import Path
+
+    from flows.study import write_study_report
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)  # the report names its cells folder as given, relative to the repository
+    fresh = write_study_report(out, tmp_path / "study.md").read_text()
+    committed = (root / report).read_text()
+    assert fresh == committed, f"{report} is out of date: run `al study report --out {out} --to {report}`"
+    for png in re.findall(r"\]\(([^)]+\.png)\)", committed):
+        assert (root / report).parent.joinpath(png).is_file(), png
+
+
 def test_a_workspace_is_a_study_source(make_workspace):
     """The workspace's oracle truth is the pool's labels, its held-out split the test set, its
     params' model and training the study's."""
