@@ -43,7 +43,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,8 +57,8 @@ if TYPE_CHECKING:  # torch loads on first use: `al --help` must stay fast
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "EXPERIMENTS", "Cell", "Experiment", "StudySource", "cells", "experiments", "load_source", "partial_path",
-    "read_records", "record_path", "run_cell", "twin_record", "write_record",
+    "EXPERIMENTS", "Cell", "Experiment", "Progress", "StudySource", "cells", "experiments", "load_source",
+    "partial_path", "progress", "read_records", "record_path", "run_cell", "twin_record", "write_record",
 ]
 
 #: Experiment names, in the order ``al study all`` runs (and the report shows) them.
@@ -546,3 +546,53 @@ def twin_record(folder: str | os.PathLike, cell: Cell) -> dict | None:
         record = json.loads(path.read_text())
         return {**record, "key": cell.key(), "config": cell.config(), "reused_from": record["key"]}
     return None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a study is: its distinct runs (:meth:`Cell.run_hash`; a run shared by two
+    experiments counts once) and their rounds, recorded, kept part-way in ``partial/``, or left."""
+
+    runs: int
+    runs_recorded: int
+    runs_partial: int
+    rounds: int
+    rounds_recorded: int
+    rounds_partial: int
+
+    @property
+    def rounds_left(self) -> int:
+        return self.rounds - self.rounds_recorded - self.rounds_partial
+
+    def describe(self, partial: bool = True) -> str:
+        """One sentence: "981 of 5 835 rounds recorded (19 of 170 distinct runs), 26 more in 2 runs
+        stopped part-way (kept in `partial/`); 4 828 rounds left."; ``partial=False``: without the
+        rounds kept part-way (which change while a study runs), counted as left."""
+        def n(x: int) -> str:
+            return f"{x:,}".replace(",", " ")
+
+        kept = self.rounds_partial if partial else 0
+        left = self.rounds_left + self.rounds_partial - kept
+        if left == 0:
+            return f"All {n(self.rounds)} rounds of the {n(self.runs)} distinct runs recorded."
+        part = (f", {n(kept)} more in {self.runs_partial} run{'s' if self.runs_partial != 1 else ''} "
+                "stopped part-way (kept in `partial/`)" if kept else "")
+        return (f"{n(self.rounds_recorded)} of {n(self.rounds)} rounds recorded ({self.runs_recorded} of "
+                f"{n(self.runs)} distinct runs){part}; {n(left)} rounds left.")
+
+
+def progress(folder: str | os.PathLike, todo: Sequence[Cell]) -> Progress:
+    """The :class:`Progress` of the cells ``todo`` (a study's, e.g. every experiment's) in the
+    records folder ``folder``. A partial file that cannot be read counts as no round."""
+    recorded = {p.stem.rsplit(".", 1)[-1] for p in Path(folder).glob("*.json")}
+    kept = {}  # run hash -> rounds in its partial file (under any of its cells' keys)
+    for path in Path(folder).glob("partial/*.json"):
+        try:
+            kept[path.stem.rsplit(".", 1)[-1]] = len(json.loads(path.read_text())["rows"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    rounds = {c.run_hash(): int(c.settings["rounds"]) for c in todo}
+    done = [r for r in rounds if r in recorded]
+    part = [r for r in rounds if r not in recorded and r in kept]
+    return Progress(len(rounds), len(done), len(part), sum(rounds.values()), sum(rounds[r] for r in done),
+                    sum(kept[r] for r in part))

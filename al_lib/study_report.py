@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from al_lib.study import EXPERIMENTS, cells, experiments, read_records
+from al_lib.study import EXPERIMENTS, cells, experiments, progress, read_records
 
 __all__ = ["records_frame", "labels_to_reach", "write_report", "REFERENCE_LABELS"]
 
@@ -205,10 +205,12 @@ def write_report(cells_dir: str | os.PathLike, path: str | os.PathLike, *, title
     if quick:
         lines += ["**Quick run only** (1 seed, tiny budgets): these numbers check the machinery and say "
                   "nothing reliable about active learning; every comparison below is marked as such.", ""]
-    if timing_note:
-        lines += [timing_note, ""]
     default_seeds = len(next(iter(experiments(quick=quick).values())).seeds)
     scale = experiments(quick=quick, seeds=max(default_seeds, len(seeds_found)))
+    everything = [c for e in scale.values() for c in cells(e, dataset=datasets[0], quick=quick)]
+    lines += ["Progress: " + progress(cells_dir, everything).describe(partial=False), ""]
+    if timing_note:
+        lines += [timing_note, ""]
     devices = sorted({r["device"] for r in records})
     total = sum(r["seconds"] for r in records if not r.get("reused_from"))
     lines += [f"Compute: {total:.0f} s of cell time in all, on {', '.join(devices)}.", ""]

@@ -19,8 +19,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from al_lib.study import (EXPERIMENTS, Cell, cells, experiments, partial_path, record_path, run_cell, twin_record,
-                          write_record)
+from al_lib.study import (EXPERIMENTS, Cell, cells, experiments, partial_path, progress, record_path, run_cell,
+                          twin_record, write_record)
 
 #: Folder of a study's records under its output folder.
 CELLS = "cells"
@@ -144,8 +144,9 @@ def al_study(experiment: str, dataset: str = "mnist", quick: bool = False, seeds
     for c in all_cells:  # a partial file left by a run killed between the record's write and its removal
         if record_path(folder, c).is_file():
             partial_path(folder, c).unlink(missing_ok=True)
-    log.info("study %s on %s%s: %d cells, %d already recorded in %s, %d to run", experiment, dataset,
-             " (quick)" if quick else "", len(all_cells), len(all_cells) - len(todo), folder, len(todo))
+    log.info("study %s on %s%s: %d cells, %d already recorded in %s, %d to run. %s", experiment, dataset,
+             " (quick)" if quick else "", len(all_cells), len(all_cells) - len(todo), folder, len(todo),
+             progress(folder, all_cells).describe())
     parallel = workers > 1 or bool(dask_address)
     threads = threads or (1 if quick or parallel else None)
     # The same run under two experiments (baseline = noise λ=0 = converged = ...) is computed once:

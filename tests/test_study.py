@@ -131,3 +131,28 @@ def test_a_calibration_setting_reaches_simulate():
                             fit_kwargs={"max_epochs": 3, "val_fraction": 0.5, "batch_size": 64}), device="cpu")
     assert record["config"]["settings"]["calibration"] == "temperature"
     assert all(r["temperature"] > 0 and "ece_uncalibrated" in r for r in record["rows"])
+
+
+def test_progress_counts_each_shared_run_once_and_the_rounds_kept_part_way(tmp_path):
+    from al_lib.study import partial_path, progress
+
+    todo = [c for name in ("baseline", "noise") for c in cells(experiments(quick=True)[name], dataset="digits",
+                                                                quick=True)]
+    assert len(todo) == 12  # 3 baseline cells, 9 noise cells of which λ = 0 are the baseline's runs
+    first = progress(tmp_path, todo)
+    assert (first.runs, first.rounds, first.rounds_left) == (9, 36, 36)
+    baseline_bald = next(c for c in todo if c.experiment == "baseline" and c.strategy == "bald")
+    record_path(tmp_path, baseline_bald).write_text("{}")  # only its name (the run hash) is read
+    noisy = [c for c in todo if c.condition == "lambda=0.05"]
+    partial_path(tmp_path, noisy[0]).parent.mkdir()
+    partial_path(tmp_path, noisy[0]).write_text(json.dumps({"rows": [{}, {}]}))
+    partial_path(tmp_path, noisy[1]).write_text("{truncated")  # unreadable: no round counted
+    now = progress(tmp_path, todo)
+    assert (now.runs_recorded, now.rounds_recorded, now.runs_partial, now.rounds_partial, now.rounds_left) == \
+        (1, 4, 1, 2, 30)
+    assert now.describe() == ("4 of 36 rounds recorded (1 of 9 distinct runs), 2 more in 1 run stopped part-way "
+                              "(kept in `partial/`); 30 rounds left.")
+    assert now.describe(partial=False) == "4 of 36 rounds recorded (1 of 9 distinct runs); 32 rounds left."
+    for c in todo:
+        record_path(tmp_path, c).write_text("{}")
+    assert progress(tmp_path, todo).describe() == "All 36 rounds of the 9 distinct runs recorded."

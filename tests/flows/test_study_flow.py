@@ -42,6 +42,7 @@ def test_an_experiment_runs_as_tasks_resumes_and_reports(prefect_api, tmp_path):
     text = report.read_text()
     assert "Quick run only" in text and "| finished (UTC) | experiment | cells run |" in text
     assert "4 of 4 cells recorded." in text and "Not run yet (0 of 3 cells)." in text
+    assert "Progress: 16 of 98 rounds recorded (4 of 26 distinct runs); 82 rounds left." in text
     assert "| 25 % |" in text and "**Finding.** Scoring" in text
     assert (tmp_path / "report" / "pool_size_speedup.png").stat().st_size > 5000
 
