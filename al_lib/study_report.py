@@ -320,8 +320,23 @@ def _convergence(part, experiment, figures, base, quick, rec) -> list[str]:
     agree = converged > 0 and all(converged >= g for c, g in gain.items() if c != "converged")
     sentence = (f"Active gain at {b} labels: " + ", ".join(f"{c} {g:+.3f}" for c, g in gain.items())
                 + ". The seed finds the gain largest (and positive) for the converged model: this "
-                + _verdict(agree) + _caveat(quick, part) + ".")
+                + _verdict(agree) + _caveat(quick, part) + "." + _longer_training(part, b))
     return head + _table(part, budgets, "nll") + ["", _img(png, base, "active gain"), "", "**Finding.** " + sentence]
+
+
+def _longer_training(part, b: int) -> str:
+    """A sentence when the over-trained regime has the lower test NLL for both arms at ``b``
+    labels: then the converged protocol had not converged in NLL, and the regime is only longer."""
+    nll = {(c, s): _mean_at(part, b, "nll", condition=c, strategy=s)
+           for c in ("converged", "over-trained") for s in ("bald", "random")}
+    if any(np.isnan(v) for v in nll.values()) or not all(nll["over-trained", s] < nll["converged", s]
+                                                          for s in ("bald", "random")):
+        return ""
+    return (" Training longer lowered both arms' test NLL at {b} labels (BALD {cb:.3f} → {ob:.3f}, Random "
+            "{cr:.3f} → {orr:.3f}): the converged protocol is not yet converged in NLL there, so the "
+            "over-trained regime is longer training rather than over-fitting.").format(
+        b=b, cb=nll["converged", "bald"], ob=nll["over-trained", "bald"], cr=nll["converged", "random"],
+        orr=nll["over-trained", "random"])
 
 
 def _regimes(experiment) -> str:

@@ -175,3 +175,17 @@ def test_findings_wait_for_both_arms(tmp_path):
     assert "Regimes, each retrained from scratch every round: under-trained, 2 epochs; converged, 20 epochs " \
            "with early stopping; over-trained, 40 epochs." in text
     assert "BALD is recorded at fewer than two query sizes" in text
+
+
+@pytest.mark.parametrize("over_nll, says", [(0.5, True), (1.5, False)])
+def test_convergence_says_when_longer_training_lowered_both_arms_nll(tmp_path, over_nll, says):
+    """Over-trained below converged for BALD and Random: the protocol had not converged in NLL."""
+    folder = tmp_path / "cells"
+    nll = {("converged", "bald"): 1.0, ("converged", "random"): 2.0, ("under-trained", "bald"): 2.5,
+           ("under-trained", "random"): 2.2, ("over-trained", "bald"): over_nll, ("over-trained", "random"): 1.8}
+    for c in cells(experiments(quick=True)["convergence"], dataset="digits", quick=True):
+        write_record(folder, _record(c, [0.5, 0.6, 0.7, 0.8], [nll[c.condition, c.strategy]] * 4))
+    text = write_report(folder, tmp_path / "r.md").read_text()
+    sentence = ("Training longer lowered both arms' test NLL at 50 labels (BALD 1.000 → 0.500, Random 2.000 → "
+                "1.800): the converged protocol is not yet converged in NLL there")
+    assert (sentence in text) is says and "under-trained -0.300. The seed finds" in text
