@@ -216,8 +216,8 @@ def write_report(cells_dir: str | os.PathLike, path: str | os.PathLike, *, title
     lines += [f"Compute: {total:.0f} s of cell time in all, on {', '.join(devices)}.", ""]
     recommendations: dict = {}
     for name in EXPERIMENTS:
-        part = frame[frame["experiment"] == name]
         experiment = scale[name]
+        part = _in_design_order(frame[frame["experiment"] == name], experiment)
         expected = len(cells(experiment, dataset=datasets[0], quick=quick))
         found = sum(r["config"]["experiment"] == name for r in records)
         lines += [f"## {name.replace('_', ' ').capitalize()}", "", experiment.title + ".", ""]
@@ -233,6 +233,16 @@ def write_report(cells_dir: str | os.PathLike, path: str | os.PathLike, *, title
         lines += ["## What to use on this data", ""] + _recommend(recommendations, quick) + [""]
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
+
+
+def _in_design_order(part: pd.DataFrame, experiment) -> pd.DataFrame:
+    """``part``'s rows with the conditions and strategies in the experiment's order (Q=10, 20,
+    50, 100 rather than the files' Q=10, Q=100, ...), each cell's rounds kept in order."""
+    conditions = {c: i for i, c in enumerate(experiment.conditions)}
+    strategies = {s: i for i, s in enumerate(experiment.strategies)}
+    order = pd.DataFrame({"c": part["condition"].map(conditions).fillna(len(conditions)),
+                          "s": part["strategy"].map(strategies).fillna(len(strategies))}, index=part.index)
+    return part.loc[order.sort_values(["c", "s"], kind="stable").index]
 
 
 def _img(png: Path, base: Path, alt: str) -> str:

@@ -188,4 +188,6 @@ def test_convergence_says_when_longer_training_lowered_both_arms_nll(tmp_path, o
     text = write_report(folder, tmp_path / "r.md").read_text()
     sentence = ("Training longer lowered both arms' test NLL at 50 labels (BALD 1.000 → 0.500, Random 2.000 → "
                 "1.800): the converged protocol is not yet converged in NLL there")
-    assert (sentence in text) is says and "under-trained -0.300. The seed finds" in text
+    assert (sentence in text) is says and "Active gain at 50 labels: under-trained -0.300, converged +1.000, over" in text
+    # the experiment's order of conditions, not the record files' (alphabetical)
+    assert text.index("| under-trained | BALD") < text.index("| converged | BALD") < text.index("| over-trained | BALD")
