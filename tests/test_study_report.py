@@ -191,3 +191,15 @@ def test_convergence_says_when_longer_training_lowered_both_arms_nll(tmp_path, o
     assert (sentence in text) is says and "Active gain at 50 labels: under-trained -0.300, converged +1.000, over" in text
     # the experiment's order of conditions, not the record files' (alphabetical)
     assert text.index("| under-trained | BALD") < text.index("| converged | BALD") < text.index("| over-trained | BALD")
+
+
+def test_pool_size_compares_with_the_largest_fraction_recorded(tmp_path):
+    """Before the 100 % cell is recorded the finding does not call 25 % "all of it"."""
+    folder = tmp_path / "cells"
+    for c in cells(experiments(quick=True)["pool_size"], dataset="digits", quick=True):
+        if c.condition in ("pool=10%", "pool=25%"):
+            write_record(folder, _record(c, [0.5, 0.6, 0.7, 0.8], [1.0] * 4,
+                                         seconds_score=0.1 if c.condition == "pool=10%" else 0.25))
+    text = write_report(folder, tmp_path / "r.md").read_text()
+    assert "against scoring 25 % of it, the most recorded yet, (0.800 vs 0.800)" in text
+    assert "all of it" not in text
