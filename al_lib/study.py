@@ -548,6 +548,11 @@ def twin_record(folder: str | os.PathLike, cell: Cell) -> dict | None:
     return None
 
 
+def thousands(x: int) -> str:
+    """``x`` with a space between thousands, as the study's texts write numbers: 5 835."""
+    return f"{x:,}".replace(",", " ")
+
+
 @dataclass(frozen=True)
 class Progress:
     """How far a study is: its distinct runs (:meth:`Cell.run_hash`; a run shared by two
@@ -568,9 +573,7 @@ class Progress:
         """One sentence: "981 of 5 835 rounds recorded (19 of 170 distinct runs), 26 more in 2 runs
         stopped part-way (kept in `partial/`); 4 828 rounds left."; ``partial=False``: without the
         rounds kept part-way (which change while a study runs), counted as left."""
-        def n(x: int) -> str:
-            return f"{x:,}".replace(",", " ")
-
+        n = thousands
         kept = self.rounds_partial if partial else 0
         left = self.rounds_left + self.rounds_partial - kept
         if left == 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from al_lib.study import EXPERIMENTS, cells, experiments, progress, read_records
+from al_lib.study import EXPERIMENTS, cells, experiments, progress, read_records, thousands
 
 __all__ = ["records_frame", "labels_to_reach", "write_report", "REFERENCE_LABELS"]
 
@@ -356,7 +356,7 @@ def _regimes(experiment) -> str:
     def words(fit: dict) -> str:
         length = fit.get("min_samples_per_epoch") or 0
         stop = " with early stopping" if fit.get("val_fraction") and fit.get("patience") else ""
-        size = f" of at least {length:,} samples".replace(",", " ") if length else ""
+        size = f" of at least {thousands(length)} samples" if length else ""
         return f"{fit['max_epochs']} epochs{size}{stop}"
 
     return ("Regimes, each retrained from scratch every round: "
@@ -482,9 +482,9 @@ def _protocol_against_papers(settings: dict) -> str:
     """Where the cells' protocol (``settings`` of the label-efficiency experiment) departs from
     the papers' MNIST runs, as a sentence to read their differences by."""
     fit = settings["fit_kwargs"]
-    pool = (f"a pool of {settings['pool_limit']:,} images".replace(",", " ") if settings.get("pool_limit")
+    pool = (f"a pool of {thousands(settings['pool_limit'])} images" if settings.get("pool_limit")
             else "the whole pool")
-    scored = (f"{settings['pool_subsample']:,}".replace(",", " ") + " of it scored per round"
+    scored = (f"{thousands(settings['pool_subsample'])} of it scored per round"
               if settings.get("pool_subsample") else "all of it scored per round")
     stop = "early stopping on a validation split" if fit.get("val_fraction") else "no validation set"
     return (f"Our protocol, to read the differences by: {pool} ({scored}) where the papers draw from MNIST's "
